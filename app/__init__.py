@@ -1,0 +1,1 @@
+"""Models, training, evaluation, prediction and submissions for image classification (Keras 3)."""

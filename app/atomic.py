@@ -1,0 +1,48 @@
+"""Atomic file outputs: write beside the target, then rename, so a crash never leaves half a file."""
+
+from __future__ import annotations
+
+import json
+import os
+import tempfile
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+
+class OutputExistsError(FileExistsError):
+    """The output file exists and overwriting was not asked for. The message is user-facing."""
+
+
+def atomic_write(path: str | os.PathLike, write: Callable[[Path], None], *, force: bool = True) -> Path:
+    """Call `write(tmp_path)` then rename onto `path`. With `force=False` an existing file is never replaced."""
+    path = Path(path)
+    if not force and path.exists():
+        raise OutputExistsError(f"{path}: already exists. Fix: choose another output path, or pass --force to overwrite it.")
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=path.suffix, dir=path.parent)
+    os.close(fd)
+    try:
+        write(Path(tmp))
+        if not force:
+            # Refuse to replace a file that appeared meanwhile (os.link fails if the target exists).
+            try:
+                os.link(tmp, path)
+            except FileExistsError:
+                raise OutputExistsError(f"{path}: already exists. Fix: choose another output path, or pass --force to overwrite it.") from None
+            except OSError:  # file systems without hard links
+                os.replace(tmp, path)
+        else:
+            os.replace(tmp, path)
+    finally:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+    return path
+
+
+def write_text(path: str | os.PathLike, text: str, *, force: bool = True) -> Path:
+    return atomic_write(path, lambda p: p.write_text(text), force=force)
+
+
+def write_json(path: str | os.PathLike, data: Any, *, force: bool = True) -> Path:
+    return write_text(path, json.dumps(data, indent=2, sort_keys=False) + "\n", force=force)

@@ -1,0 +1,211 @@
+"""Run configuration: plain dataclasses, loaded from YAML with `key.sub=value` overrides, saved with every run."""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+import types
+import typing
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+
+class ConfigError(ValueError):
+    """A config file or override that does not fit the schema. The message is user-facing."""
+
+
+@dataclass
+class DataConfig:
+    """Where the images are and how to read them. See README "Your own data"."""
+
+    train: str | None = None  # folder of <class>/<image> sub-folders, or a CSV
+    train_images: str | None = None  # image folder for a CSV (default: "train/" beside it, else its folder)
+    val: str | None = None  # a given validation set (folder or CSV); else a split of train
+    val_images: str | None = None
+    val_fraction: float = 0.2
+    test: str | None = None  # folder of unlabeled images, or a sample_submission.csv
+    test_images: str | None = None  # image folder for a sample submission (default: "test/" beside it)
+    id_column: str = "id"
+    label_column: str | None = "label"
+    label_columns: list[str] = field(default_factory=list)  # one 0/1 column per class (one-hot CSVs)
+    path_column: str | None = None  # a column of image paths relative to the image folder, instead of ids
+    extension: str | None = None  # image file extension for ids (detected when unset)
+    multilabel: bool | None = None  # None: detected from one-hot rows
+    label_separator: str = " "  # for several labels in one column (multilabel=true)
+    image_size: int = 64  # square model input, pixels
+    batch_size: int = 32
+    cache: bool = False  # decode and resize every image once, keep them in memory
+    check_images: bool = True  # decode every image before training to report bad files up front
+    skip_bad_images: bool = False  # leave unreadable images out (and report them) instead of stopping
+
+
+@dataclass
+class AugmentConfig:
+    """Albumentations pipelines: a preset (none, light, medium, heavy) or a YAML file saved by A.save."""
+
+    train: str = "light"
+    eval: str = "none"
+
+
+@dataclass
+class ModelConfig:
+    """Which model to build. `blocks` and `dropout` configure the baseline CNN (see app/models/baseline.py)."""
+
+    name: str = "baseline_cnn"
+    blocks: list[Any] = field(
+        default_factory=lambda: [
+            {"filters": 32, "kernel_size": 3, "strides": 1},
+            {"filters": 64, "kernel_size": 3, "strides": 1},
+            {"filters": 128, "kernel_size": 3, "strides": 1},
+        ]
+    )
+    dropout: float = 0.3
+
+
+@dataclass
+class TrainConfig:
+    """Optimisation: Adam with cosine decay by default; best checkpoint and early stopping on `monitor`."""
+
+    epochs: int = 20
+    optimizer: str = "adam"  # adam | sgd
+    learning_rate: float = 1e-3
+    schedule: str = "cosine"  # cosine | constant
+    warmup_epochs: int = 0
+    monitor: str = "val_loss"
+    early_stopping_patience: int = 5  # epochs without improvement; 0 disables early stopping
+    deterministic: bool = True  # seeded and op-deterministic: same config + seed -> same metrics on CPU
+    verbose: int = 2  # Keras fit verbosity: 0 silent, 1 progress bar, 2 one line per epoch
+
+
+@dataclass
+class OutputConfig:
+    """Where runs go: `<dir>/<name>`, name defaulting to a timestamp and the model name."""
+
+    dir: str = "runs"
+    name: str | None = None
+
+
+@dataclass
+class Config:
+    data: DataConfig = field(default_factory=DataConfig)
+    augment: AugmentConfig = field(default_factory=AugmentConfig)
+    model: ModelConfig = field(default_factory=ModelConfig)
+    train: TrainConfig = field(default_factory=TrainConfig)
+    output: OutputConfig = field(default_factory=OutputConfig)
+    seed: int = 42
+
+
+def _check_type(value: Any, annotation: Any, key: str) -> Any:
+    """Return `value` if it fits `annotation` (ints are accepted for floats), else raise ConfigError."""
+    origin = typing.get_origin(annotation)
+    if origin in (typing.Union, types.UnionType):
+        for option in typing.get_args(annotation):
+            try:
+                return _check_type(value, option, key)
+            except ConfigError:
+                continue
+        raise ConfigError(f"config key {key}: {value!r} is not a {_type_name(annotation)}")
+    if annotation is Any:
+        return value
+    if annotation is type(None):
+        if value is None:
+            return None
+    elif origin is list:
+        if isinstance(value, list):
+            (item,) = typing.get_args(annotation) or (Any,)
+            return [_check_type(v, item, f"{key}[{i}]") for i, v in enumerate(value)]
+    elif annotation is float:
+        if isinstance(value, (int, float)) and not isinstance(value, bool):
+            return float(value)
+        if isinstance(value, str):  # YAML 1.1 reads "1e-4" (no dot) as text
+            try:
+                return float(value)
+            except ValueError:
+                pass
+    elif annotation is int:
+        if isinstance(value, int) and not isinstance(value, bool):
+            return value
+    elif isinstance(value, annotation):
+        return value
+    raise ConfigError(f"config key {key}: {value!r} is not a {_type_name(annotation)}")
+
+
+def _type_name(annotation: Any) -> str:
+    return getattr(annotation, "__name__", None) or str(annotation).replace("typing.", "")
+
+
+def from_dict(cls: type, data: dict[str, Any] | None, prefix: str = "") -> Any:
+    """Build dataclass `cls` from a nested dict, rejecting unknown keys and wrong types."""
+    data = data or {}
+    if not isinstance(data, dict):
+        raise ConfigError(f"config section {prefix.rstrip('.') or '(top level)'}: expected a mapping, got {data!r}")
+    hints = typing.get_type_hints(cls)
+    names = {f.name for f in dataclasses.fields(cls)}
+    unknown = sorted(set(data) - names)
+    if unknown:
+        raise ConfigError(f"unknown config key {prefix}{unknown[0]}; valid keys here: {', '.join(sorted(names))}")
+    kwargs = {}
+    for name, value in data.items():
+        hint = hints[name]
+        if dataclasses.is_dataclass(hint):
+            kwargs[name] = from_dict(hint, value, f"{prefix}{name}.")
+        else:
+            kwargs[name] = _check_type(value, hint, f"{prefix}{name}")
+    return cls(**kwargs)
+
+
+def to_dict(config: Any) -> dict[str, Any]:
+    return dataclasses.asdict(config)
+
+
+def apply_overrides(data: dict[str, Any], overrides: list[str]) -> dict[str, Any]:
+    """Apply `section.key=value` strings (values parsed as YAML: 3, 0.1, true, null, [1, 2])."""
+    for item in overrides:
+        key, sep, raw = item.partition("=")
+        if not sep or not key.strip():
+            raise ConfigError(f"override {item!r} is not key=value, e.g. train.epochs=5")
+        try:
+            value = yaml.safe_load(raw) if raw.strip() else None
+        except yaml.YAMLError as exc:
+            raise ConfigError(f"override {item!r}: value is not valid YAML ({exc.problem})") from None
+        node = data
+        parts = key.strip().split(".")
+        for part in parts[:-1]:
+            node = node.setdefault(part, {})
+            if not isinstance(node, dict):
+                raise ConfigError(f"override {item!r}: {part} is not a section")
+        node[parts[-1]] = value
+    return data
+
+
+def load_config(path: str | os.PathLike | None = None, overrides: list[str] | None = None, base: Config | None = None) -> Config:
+    """Defaults (or `base`), then the YAML file at `path`, then `overrides`; validated against the schema."""
+    data = to_dict(base) if base is not None else {}
+    if path is not None:
+        path = Path(path)
+        if not path.is_file():
+            raise ConfigError(f"{path}: config file not found. Fix: pass an existing YAML file with -c, e.g. configs/example.yaml")
+        try:
+            loaded = yaml.safe_load(path.read_text()) or {}
+        except yaml.YAMLError as exc:
+            raise ConfigError(f"{path}: not valid YAML ({exc})") from None
+        if not isinstance(loaded, dict):
+            raise ConfigError(f"{path}: expected a mapping of sections (data:, model:, train:...)")
+        data = _merge(data, loaded)
+    data = apply_overrides(data, list(overrides or []))
+    return from_dict(Config, data)
+
+
+def _merge(base: dict[str, Any], update: dict[str, Any]) -> dict[str, Any]:
+    merged = dict(base)
+    for key, value in update.items():
+        merged[key] = _merge(merged[key], value) if isinstance(value, dict) and isinstance(merged.get(key), dict) else value
+    return merged
+
+
+def dump_config(config: Config) -> str:
+    """YAML text that `load_config` reads back into an equal Config."""
+    return yaml.safe_dump(to_dict(config), sort_keys=False)

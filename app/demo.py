@@ -1,0 +1,62 @@
+"""The built-in demo: digits exported Kaggle-style -> train -> hold-out evaluation -> submission.csv."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+from app.config import Config, apply_overrides, from_dict
+from app.data import load_labeled, load_test
+from app.atomic import write_json
+from app.evaluation import evaluate_images
+from app.prediction import predict_probs
+from app.runs import load_run
+from app.submission import make_submission, read_template, write_submission
+from app.training import train
+from pipelines.datasets.digits import export_digits
+from pipelines.sources import align_to_ids
+
+DEMO_AUGMENT = Path(__file__).resolve().parent.parent / "configs" / "augment" / "digits.yaml"
+
+def demo_config(dataset_dir: Path, overrides: list[str] | None = None) -> Config:
+    """The demo's settings: a small CNN on 32x32 digits, trained for up to 30 epochs."""
+    base = {
+        "data": {
+            "train": str(dataset_dir / "train.csv"),
+            "train_images": str(dataset_dir / "train"),
+            "test": str(dataset_dir / "sample_submission.csv"),
+            "test_images": str(dataset_dir / "test"),
+            "val_fraction": 0.15,
+            "image_size": 32,
+            "batch_size": 32,
+            "cache": True,
+        },
+        "augment": {"train": str(DEMO_AUGMENT), "eval": "none"},
+        "model": {"blocks": [{"filters": 32}, {"filters": 64}, {"filters": 128}], "dropout": 0.3},
+        "train": {"epochs": 30, "learning_rate": 0.002, "early_stopping_patience": 8},
+        "output": {"dir": "runs", "name": None},
+    }
+    return from_dict(Config, apply_overrides(base, list(overrides or [])))
+
+@dataclass
+class DemoResult:
+    run_dir: Path
+    holdout: dict[str, float]
+    submission: Path
+
+def run_demo(cache_dir: str | Path | None = None, overrides: list[str] | None = None) -> DemoResult:
+    """Export the digits (once), train, score the hold-out test labels, and write the run's submission.csv."""
+    dataset_dir = export_digits(cache_dir)
+    config = demo_config(dataset_dir, overrides)
+    result = train(config)
+    run = load_run(result.run_dir)
+    holdout_set = load_labeled(str(dataset_dir / "test_labels.csv"), str(dataset_dir / "test"), config.data, class_names=run.class_names)
+    holdout, _ = evaluate_images(run.model, holdout_set, config)
+    write_json(result.run_dir / "holdout_metrics.json", holdout)
+
+    template = read_template(dataset_dir / "sample_submission.csv")
+    test_set = align_to_ids(load_test(config.data), list(template.iloc[:, 0]), str(dataset_dir / "sample_submission.csv"))
+    probs = predict_probs(run.model, test_set, config, verbose=0)
+    frame = make_submission(test_set.ids, probs, run.class_names, template=template, multilabel=run.multilabel)
+    submission = write_submission(frame, result.run_dir / "submission.csv", template=template)
+    return DemoResult(result.run_dir, holdout, submission)

@@ -1,0 +1,61 @@
+"""Scores from labels and predicted probabilities (scikit-learn metrics, as Kaggle computes them)."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import keras
+import numpy as np
+from sklearn.metrics import accuracy_score, f1_score, log_loss, roc_auc_score, top_k_accuracy_score
+
+from app.config import Config
+from app.data import prepare
+from app.prediction import predict_probs
+from pipelines.sources import ImageSet
+
+
+def classification_metrics(labels: np.ndarray, probs: np.ndarray, multilabel: bool = False, threshold: float = 0.5) -> dict[str, float]:
+    """Single-label: accuracy, top-5 accuracy (more than 5 classes), macro F1, log-loss.
+    Multi-label: mean column-wise ROC AUC (columns with one class present are left out), micro/macro F1
+    at `threshold`, exact-match accuracy, mean binary log-loss."""
+    probs = np.asarray(probs, dtype=np.float64)
+    num_classes = probs.shape[1]
+    if multilabel:
+        truth = np.asarray(labels).astype(int)
+        predicted = (probs >= threshold).astype(int)
+        scorable = [c for c in range(num_classes) if len(np.unique(truth[:, c])) == 2]
+        metrics = {
+            "mean_column_auc": float(np.mean([roc_auc_score(truth[:, c], probs[:, c]) for c in scorable])) if scorable else float("nan"),
+            "exact_match_accuracy": float(accuracy_score(truth, predicted)),
+            "micro_f1": float(f1_score(truth, predicted, average="micro", zero_division=0)),
+            "macro_f1": float(f1_score(truth, predicted, average="macro", zero_division=0)),
+            "log_loss": float(np.mean([log_loss(truth[:, c], probs[:, c], labels=[0, 1]) for c in range(num_classes)])),
+        }
+    else:
+        truth = np.asarray(labels).astype(int)
+        probs = probs / probs.sum(axis=1, keepdims=True)  # float32 softmax output sums to 1 only within 1e-7
+        predicted = probs.argmax(axis=1)
+        classes = list(range(num_classes))
+        metrics = {
+            "accuracy": float(accuracy_score(truth, predicted)),
+            "macro_f1": float(f1_score(truth, predicted, labels=classes, average="macro", zero_division=0)),
+            "log_loss": float(log_loss(truth, np.clip(probs, 1e-15, 1.0), labels=classes)),
+        }
+        if num_classes > 5:
+            metrics["top_5_accuracy"] = float(top_k_accuracy_score(truth, probs, k=5, labels=classes))
+    metrics["num_images"] = int(len(probs))
+    return metrics
+
+
+def predicted_labels(probs: np.ndarray, class_names: Sequence[str], multilabel: bool = False, threshold: float = 0.5) -> list[str]:
+    """Class name per row (argmax), or the space-separated names above `threshold` for multi-label."""
+    if multilabel:
+        return [" ".join(class_names[c] for c in np.flatnonzero(row >= threshold)) for row in probs]
+    return [class_names[c] for c in np.asarray(probs).argmax(axis=1)]
+
+
+def evaluate_images(model: keras.Model, images: ImageSet, config: Config) -> tuple[dict[str, float], np.ndarray]:
+    """Scores and probabilities of `model` on a labeled set (its images checked first, per the config)."""
+    images, cache = prepare(images, config.data)
+    probs = predict_probs(model, images, config, cache=cache, verbose=0)
+    return classification_metrics(images.labels, probs, images.multilabel), probs

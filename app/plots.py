@@ -1,0 +1,31 @@
+"""Training curves as a PNG (matplotlib, headless)."""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Mapping, Sequence
+
+import matplotlib
+
+matplotlib.use("Agg")
+import matplotlib.pyplot as plt  # noqa: E402
+
+from app.atomic import atomic_write  # noqa: E402
+
+
+def plot_history(history: Mapping[str, Sequence[float]], path: str | os.PathLike) -> None:
+    """One panel per metric (loss, accuracy, ...), training and validation curves per epoch."""
+    names = [k for k in history if not k.startswith("val_") and k not in ("epoch", "learning_rate", "lr")]
+    fig, axes = plt.subplots(1, max(len(names), 1), figsize=(5 * max(len(names), 1), 3.6), squeeze=False)
+    for ax, name in zip(axes[0], names):
+        epochs = range(1, len(history[name]) + 1)
+        ax.plot(epochs, history[name], marker="o", ms=3, label="train")
+        if f"val_{name}" in history:
+            ax.plot(epochs, history[f"val_{name}"], marker="o", ms=3, label="validation")
+        ax.set_title(name)
+        ax.set_xlabel("epoch")
+        ax.grid(alpha=0.3)
+        ax.legend()
+    fig.tight_layout()
+    atomic_write(path, lambda p: fig.savefig(p, format="png", dpi=100))
+    plt.close(fig)

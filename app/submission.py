@@ -1,0 +1,79 @@
+"""Kaggle-style submission files: match a sample_submission.csv exactly, validate, write atomically."""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Sequence
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+from app.atomic import atomic_write
+from app.evaluation import predicted_labels
+from pipelines.errors import DataError
+
+
+def make_submission(
+    ids: Sequence[str],
+    probs: np.ndarray,
+    class_names: Sequence[str],
+    *,
+    template: pd.DataFrame | None = None,
+    multilabel: bool = False,
+    threshold: float = 0.5,
+) -> pd.DataFrame:
+    """A submission frame in the template's shape: its id column and row order, and either one probability
+    column per class (in the template's column order) or one label column. Without a template: `id,label`."""
+    probs = np.asarray(probs, dtype=np.float64)
+    if template is None:
+        return pd.DataFrame({"id": list(ids), "label": predicted_labels(probs, class_names, multilabel, threshold)})
+    id_column, *value_columns = [str(c) for c in template.columns]
+    frame = pd.DataFrame({id_column: template[id_column].astype(str).to_numpy()})
+    position = {i: k for k, i in enumerate(ids)}
+    missing = [i for i in frame[id_column] if i not in position]
+    if missing or len(ids) != len(frame):
+        raise DataError(f"predictions cover {len(ids)} ids but the sample submission has {len(frame)} rows ({len(missing)} without a prediction, e.g. {missing[:3]}).")
+    probs = probs[[position[i] for i in frame[id_column]]]
+    if set(value_columns) == set(class_names) and len(value_columns) > 1:
+        column_of = {name: k for k, name in enumerate(class_names)}
+        for column in value_columns:
+            frame[column] = probs[:, column_of[column]]
+    elif len(value_columns) == 1:
+        frame[value_columns[0]] = predicted_labels(probs, class_names, multilabel, threshold)
+    else:
+        raise DataError(
+            f"the sample submission's columns {value_columns[:5]} are neither the model's classes {list(class_names)[:5]} nor a single label column. "
+            "Fix: use the sample_submission.csv that goes with this dataset."
+        )
+    return frame
+
+
+def validate_submission(frame: pd.DataFrame, template: pd.DataFrame | None = None) -> None:
+    """Raise DataError unless the frame is complete: same ids/order/columns as the template, no NaN, probabilities in [0, 1]."""
+    if frame.isna().any().any():
+        raise DataError("submission has empty values; nothing was written.")
+    numeric = frame.select_dtypes(include="number")
+    if len(numeric.columns) and ((numeric < 0) | (numeric > 1)).any().any():
+        raise DataError("submission has probabilities outside [0, 1]; nothing was written.")
+    if template is not None:
+        if list(frame.columns) != [str(c) for c in template.columns]:
+            raise DataError(f"submission columns {list(frame.columns)[:5]} differ from the sample's {list(template.columns)[:5]}; nothing was written.")
+        if len(frame) != len(template) or not (frame.iloc[:, 0].astype(str).to_numpy() == template.iloc[:, 0].astype(str).to_numpy()).all():
+            raise DataError("submission ids differ from the sample submission's (count or order); nothing was written.")
+
+
+def write_submission(frame: pd.DataFrame, path: str | os.PathLike, *, template: pd.DataFrame | None = None, force: bool = False) -> Path:
+    """Validate, then write `path` atomically; an existing file is kept unless `force`."""
+    validate_submission(frame, template)
+    return atomic_write(path, lambda tmp: frame.to_csv(tmp, index=False), force=force)
+
+
+def read_template(path: str | os.PathLike) -> pd.DataFrame:
+    """A sample_submission.csv with every column read as text except the probability columns."""
+    path = Path(path)
+    if not path.is_file():
+        raise DataError(f"{path}: sample submission not found. Fix: check the path.")
+    frame = pd.read_csv(path)
+    frame[frame.columns[0]] = pd.read_csv(path, usecols=[0], dtype=str).iloc[:, 0]
+    return frame

@@ -1,0 +1,87 @@
+"""Shared fixtures: tiny synthetic datasets (32x32 images made on the fly) and a config shrunk for speed."""
+
+from __future__ import annotations
+
+import os
+
+os.environ.setdefault("NO_ALBUMENTATIONS_UPDATE", "1")
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+
+from pathlib import Path  # noqa: E402
+
+import numpy as np  # noqa: E402
+import pandas as pd  # noqa: E402
+import pytest  # noqa: E402
+from PIL import Image  # noqa: E402
+
+from app.config import Config, load_config  # noqa: E402
+
+SHARED_DATA = Path(__file__).resolve().parents[2] / "shared" / "data"
+CLASSES = ("cat", "dog", "fox")
+# One dominant colour per class, so a tiny CNN can learn the task in a couple of epochs.
+COLORS = {"cat": (220, 40, 40), "dog": (40, 200, 40), "fox": (40, 40, 220)}
+
+
+def make_image(path: Path, color: tuple[int, int, int], size: tuple[int, int] = (32, 32), seed: int = 0) -> Path:
+    """Write a noisy image of the given colour (width, height = size)."""
+    rng = np.random.default_rng(seed)
+    pixels = np.clip(np.array(color) + rng.normal(0, 25, (size[1], size[0], 3)), 0, 255).astype(np.uint8)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    Image.fromarray(pixels).save(path)
+    return path
+
+
+@pytest.fixture
+def folder_dataset(tmp_path: Path) -> Path:
+    """root/<class>/<image>.png, 8 images per class, sizes varying between 24 and 40 pixels."""
+    root = tmp_path / "folder"
+    for c, name in enumerate(CLASSES):
+        for i in range(8):
+            make_image(root / name / f"{name}_{i}.png", COLORS[name], size=(24 + 2 * i, 40 - 2 * i), seed=10 * c + i)
+    return root
+
+
+@pytest.fixture
+def csv_dataset(tmp_path: Path) -> Path:
+    """Kaggle layout: train/<id>.jpg + train.csv (id,label); test/<id>.jpg + sample_submission.csv (id + one column per class)."""
+    root = tmp_path / "kaggle"
+    rows = []
+    for c, name in enumerate(CLASSES):
+        for i in range(8):
+            image_id = f"{c}{i:03d}"
+            make_image(root / "train" / f"{image_id}.jpg", COLORS[name], seed=100 + 10 * c + i)
+            rows.append((image_id, name))
+    pd.DataFrame(rows, columns=["id", "label"]).to_csv(root / "train.csv", index=False)
+    test_ids = []
+    for k in range(6):
+        name = CLASSES[k % 3]
+        make_image(root / "test" / f"t{k:02d}.jpg", COLORS[name], seed=500 + k)
+        test_ids.append(f"t{k:02d}")
+    sample = pd.DataFrame({"id": test_ids[::-1], **{name: 1.0 / 3 for name in CLASSES}})  # rows not in file order
+    sample.to_csv(root / "sample_submission.csv", index=False)
+    return root
+
+
+@pytest.fixture
+def tiny_config(folder_dataset: Path, tmp_path: Path) -> Config:
+    """A config shrunk for tests: 32x32 images, a two-block CNN with few filters, 2 epochs."""
+    return load_config(
+        overrides=[
+            f"data.train={folder_dataset}",
+            "data.image_size=32",
+            "data.batch_size=8",
+            "data.val_fraction=0.25",
+            "model.blocks=[[8, 3, 1], [16, 3, 1]]",
+            "train.epochs=2",
+            "train.verbose=0",
+            f"output.dir={tmp_path / 'runs'}",
+        ]
+    )
+
+
+def require_shared(*parts: str) -> Path:
+    """Path under ../shared/data, or skip: those real photo datasets live beside the repository, not in it."""
+    path = SHARED_DATA.joinpath(*parts)
+    if not path.exists():
+        pytest.skip(f"{path} not found: the real-photo datasets are only beside the repository (../shared/data)")
+    return path

@@ -1,0 +1,84 @@
+"""CLI: a thin face over train/evaluate/predict; user errors are one line and a non-zero exit code."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pandas as pd
+import pytest
+
+from app.cli import main
+from app.config import Config, dump_config
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+def _train(tiny_config: Config, tmp_path: Path, capsys: pytest.CaptureFixture[str], *extra: str) -> Path:
+    (tmp_path / "c.yaml").write_text(dump_config(tiny_config))
+    assert main(["train", "-c", str(tmp_path / "c.yaml"), "--set", "train.epochs=1", *extra]) == 0
+    out = capsys.readouterr().out
+    return Path(out.split("run directory: ")[1].split("\n")[0])
+
+
+def test_help_names_every_command() -> None:
+    result = subprocess.run([sys.executable, "-m", "app", "--help"], capture_output=True, text=True, cwd=REPO, check=True)
+    for command in ("demo", "train", "evaluate", "predict", "--set"):
+        assert command in result.stdout
+
+
+def test_train_evaluate_predict(tiny_config: Config, csv_dataset: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    run = _train(tiny_config, tmp_path, capsys)
+    assert (run / "model.keras").is_file()
+
+    assert main(["evaluate", str(run)]) == 0
+    assert json.loads((run / "evaluation.json").read_text())["num_images"] == 6
+    assert main(["evaluate", str(run)]) == 2  # exists: needs --force
+    assert "already exists" in capsys.readouterr().err
+    assert main(["evaluate", str(run), "--data", str(tiny_config.data.train), "--output", str(tmp_path / "all.json")]) == 0
+    assert json.loads((tmp_path / "all.json").read_text())["num_images"] == 24
+
+    sample = csv_dataset / "sample_submission.csv"
+    assert main(["predict", str(run), "--test", str(sample), "--output", str(tmp_path / "sub.csv")]) == 0
+    submission = pd.read_csv(tmp_path / "sub.csv")
+    template = pd.read_csv(sample)
+    assert list(submission.columns) == list(template.columns) and submission["id"].tolist() == template["id"].tolist()
+    assert ((submission[["cat", "dog", "fox"]].sum(axis=1) - 1).abs() < 1e-4).all()
+
+    assert main(["predict", str(run), "--test", str(csv_dataset / "test"), "--output", str(tmp_path / "folder.csv")]) == 0
+    assert pd.read_csv(tmp_path / "folder.csv").columns.tolist() == ["id", "label"]
+    assert main(["predict", str(run), "--test", str(csv_dataset / "test"), "--output", str(tmp_path / "folder.csv")]) == 2
+    assert main(["predict", str(run), "--test", str(csv_dataset / "test"), "--output", str(tmp_path / "p.csv"), "--probabilities"]) == 0
+    assert pd.read_csv(tmp_path / "p.csv").columns.tolist() == ["id", "cat", "dog", "fox"]
+
+
+@pytest.mark.parametrize(
+    "argv,message",
+    [
+        (["train", "--set", "train.epochz=1"], "unknown config key train.epochz"),
+        (["train"], "no training data configured"),
+        (["train", "-c", "nope.yaml"], "config file not found"),
+        (["train", "--set", "data.train=/no/such/folder"], "/no/such/folder: no such folder"),
+        (["evaluate", "/no/such/run"], "not a finished run directory"),
+        (["predict", "/no/such/run"], "not a finished run directory"),
+    ],
+)
+def test_user_errors_are_one_line(argv: list[str], message: str, capsys: pytest.CaptureFixture[str]) -> None:
+    assert main(argv) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.startswith("error: ") and message in err and "\n" not in err
+
+
+def test_bad_model_option_is_one_line(tiny_config: Config, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    (tmp_path / "c.yaml").write_text(dump_config(tiny_config))
+    assert main(["train", "-c", str(tmp_path / "c.yaml"), "--set", "train.optimizer=adamax"]) == 2
+    assert "unknown optimizer 'adamax'" in capsys.readouterr().err
+
+
+def test_predict_with_mismatched_test_folder(tiny_config: Config, csv_dataset: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    run = _train(tiny_config, tmp_path, capsys)
+    (csv_dataset / "test" / "t05.jpg").rename(csv_dataset / "test" / "extra.jpg")
+    code = main(["predict", str(run), "--test", str(csv_dataset / "sample_submission.csv"), "--output", str(tmp_path / "s.csv")])
+    assert code == 2 and "missing" in capsys.readouterr().err and not (tmp_path / "s.csv").exists()

@@ -1,0 +1,53 @@
+"""Config: YAML + overrides into typed dataclasses, unknown keys and wrong types rejected, round trip."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from app.config import Config, ConfigError, dump_config, load_config
+
+
+def test_defaults_file_and_overrides(tmp_path: Path) -> None:
+    (tmp_path / "c.yaml").write_text("data:\n  train: images/\n  image_size: 96\ntrain:\n  epochs: 3\n")
+    config = load_config(tmp_path / "c.yaml", ["train.epochs=7", "train.learning_rate=1e-4", "model.blocks=[[8, 3, 2]]", "data.val=null"])
+    assert config.data.train == "images/" and config.data.image_size == 96
+    assert config.train.epochs == 7 and config.train.learning_rate == pytest.approx(1e-4)
+    assert config.model.blocks == [[8, 3, 2]] and config.data.val is None
+    assert config.data.batch_size == Config().data.batch_size  # untouched default
+
+
+def test_dump_round_trips(tmp_path: Path) -> None:
+    config = load_config(overrides=["data.label_columns=[a, b]", "seed=3"])
+    (tmp_path / "saved.yaml").write_text(dump_config(config))
+    assert load_config(tmp_path / "saved.yaml") == config
+
+
+@pytest.mark.parametrize(
+    "override,pattern",
+    [
+        ("train.epoch=3", r"unknown config key train.epoch; valid keys here: .*epochs"),
+        ("train.epochs=three", r"train.epochs: 'three' is not a int"),
+        ("data.cache=3", r"data.cache: 3 is not a bool"),
+        ("trainepochs", "is not key=value"),
+        ("data.train=[unclosed", "not valid YAML"),
+        ("nosuch.key=1", "unknown config key nosuch"),
+    ],
+)
+def test_bad_overrides(override: str, pattern: str) -> None:
+    with pytest.raises(ConfigError, match=pattern):
+        load_config(overrides=[override])
+
+
+def test_missing_and_malformed_files(tmp_path: Path) -> None:
+    with pytest.raises(ConfigError, match="config file not found"):
+        load_config(tmp_path / "none.yaml")
+    (tmp_path / "list.yaml").write_text("- 1\n- 2\n")
+    with pytest.raises(ConfigError, match="expected a mapping"):
+        load_config(tmp_path / "list.yaml")
+
+
+def test_shipped_example_config_is_valid() -> None:
+    config = load_config(Path(__file__).resolve().parents[1] / "configs" / "example.yaml")
+    assert config.model.name == "baseline_cnn"

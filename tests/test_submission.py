@@ -1,0 +1,85 @@
+"""Submissions: exactly the sample's shape (ids, order, columns), validated, written atomically, never overwritten silently."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from app.atomic import OutputExistsError
+from app.submission import make_submission, read_template, validate_submission, write_submission
+from pipelines.errors import DataError
+
+CLASSES = ["cat", "dog", "fox"]
+IDS = ["007", "a", "b"]
+PROBS = np.array([[0.7, 0.2, 0.1], [0.1, 0.1, 0.8], [0.2, 0.5, 0.3]])
+
+
+def test_default_is_id_label() -> None:
+    frame = make_submission(IDS, PROBS, CLASSES)
+    assert frame.to_dict("list") == {"id": IDS, "label": ["cat", "fox", "dog"]}
+
+
+def test_probability_columns_follow_the_template(tmp_path: Path) -> None:
+    pd.DataFrame({"id": ["b", "007", "a"], "fox": 0.3, "cat": 0.3, "dog": 0.4}).to_csv(tmp_path / "s.csv", index=False)
+    template = read_template(tmp_path / "s.csv")
+    frame = make_submission(IDS, PROBS, CLASSES, template=template)
+    assert list(frame.columns) == ["id", "fox", "cat", "dog"]
+    assert frame["id"].tolist() == ["b", "007", "a"]  # "007" stays text
+    np.testing.assert_allclose(frame[["cat", "dog", "fox"]].to_numpy(), PROBS[[2, 0, 1]])
+    write_submission(frame, tmp_path / "out.csv", template=template)
+    assert pd.read_csv(tmp_path / "out.csv", dtype={"id": str})["id"].tolist() == ["b", "007", "a"]
+
+
+def test_single_label_column_template(tmp_path: Path) -> None:
+    pd.DataFrame({"ImageId": ["a", "b", "007"], "Label": 0}).to_csv(tmp_path / "s.csv", index=False)
+    frame = make_submission(IDS, PROBS, CLASSES, template=read_template(tmp_path / "s.csv"))
+    assert frame.to_dict("list") == {"ImageId": ["a", "b", "007"], "Label": ["fox", "dog", "cat"]}
+
+
+def test_multilabel_label_column() -> None:
+    frame = make_submission(["x"], np.array([[0.9, 0.1, 0.6]]), CLASSES, multilabel=True)
+    assert frame["label"].tolist() == ["cat fox"]
+
+
+def test_template_mismatch_is_an_error(tmp_path: Path) -> None:
+    pd.DataFrame({"id": IDS, "emu": 0.5, "owl": 0.5}).to_csv(tmp_path / "s.csv", index=False)
+    with pytest.raises(DataError, match="neither the model's classes"):
+        make_submission(IDS, PROBS, CLASSES, template=read_template(tmp_path / "s.csv"))
+    pd.DataFrame({"id": IDS + ["zzz"], "label": 0}).to_csv(tmp_path / "s2.csv", index=False)
+    with pytest.raises(DataError, match="1 without a prediction"):
+        make_submission(IDS, PROBS, CLASSES, template=read_template(tmp_path / "s2.csv"))
+
+
+@pytest.mark.parametrize(
+    "frame,pattern",
+    [
+        (pd.DataFrame({"id": ["a"], "cat": [np.nan]}), "empty values"),
+        (pd.DataFrame({"id": ["a"], "cat": [1.5]}), r"outside \[0, 1\]"),
+        (pd.DataFrame({"id": ["a"], "cat": [-0.1]}), r"outside \[0, 1\]"),
+    ],
+)
+def test_validation(tmp_path: Path, frame: pd.DataFrame, pattern: str) -> None:
+    with pytest.raises(DataError, match=pattern):
+        write_submission(frame, tmp_path / "s.csv")
+    assert not (tmp_path / "s.csv").exists()
+
+
+def test_validation_against_template_order() -> None:
+    template = pd.DataFrame({"id": ["a", "b"], "label": 0})
+    with pytest.raises(DataError, match="count or order"):
+        validate_submission(pd.DataFrame({"id": ["b", "a"], "label": ["x", "y"]}), template)
+
+
+def test_existing_file_is_kept_without_force(tmp_path: Path) -> None:
+    target = tmp_path / "submission.csv"
+    target.write_text("precious\n")
+    frame = make_submission(IDS, PROBS, CLASSES)
+    with pytest.raises(OutputExistsError, match="--force"):
+        write_submission(frame, target)
+    assert target.read_text() == "precious\n"
+    write_submission(frame, target, force=True)
+    assert target.read_text().startswith("id,label")
+    assert [p.name for p in tmp_path.iterdir()] == ["submission.csv"]  # no temp files left behind

@@ -1,0 +1,96 @@
+"""tf.data pipeline: static uint8 shapes, labels aligned with images, seeded determinism, cache equivalence."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+import tensorflow as tf
+
+from pipelines.augment import build_transform
+from pipelines.sources import from_folder, unlabeled_folder
+from pipelines.tfdata import decode_all, make_dataset
+from tests.conftest import COLORS
+
+
+def _epoch(dataset: tf.data.Dataset) -> list[tuple[np.ndarray, np.ndarray]]:
+    return [(x.numpy(), y.numpy()) for x, y in dataset]
+
+
+def test_shapes_dtypes_and_label_alignment(folder_dataset: Path) -> None:
+    images = from_folder(folder_dataset)
+    dataset = make_dataset(images, (32, 32), 5, transform=build_transform("light", (32, 32)), shuffle=True, seed=0)
+    assert dataset.element_spec[0].shape.as_list() == [None, 32, 32, 3]
+    assert dataset.element_spec[0].dtype == tf.uint8
+    seen = 0
+    for x, y in _epoch(dataset):
+        for image, label in zip(x, y):
+            # each class has its own dominant colour channel: the label must match the pixels it came with
+            expected = np.argmax(COLORS[images.class_names[label]])
+            assert np.argmax(image.reshape(-1, 3).mean(axis=0)) == expected
+        seen += len(x)
+    assert seen == len(images)
+
+
+def test_same_seed_same_batches_new_epoch_new_augmentation(folder_dataset: Path) -> None:
+    images = from_folder(folder_dataset)
+
+    def build(seed: int) -> tf.data.Dataset:
+        return make_dataset(images, (32, 32), 8, transform=build_transform("heavy", (32, 32)), shuffle=True, seed=seed)
+
+    first = build(1)
+    epoch1, epoch2 = _epoch(first), _epoch(first)
+    again = build(1)
+    for (a, b), (c, d) in zip(epoch1, _epoch(again)):
+        assert np.array_equal(a, c) and np.array_equal(b, d)
+    assert any(not np.array_equal(a[0], b[0]) for a, b in zip(epoch1, epoch2))
+    assert any(not np.array_equal(a[0], b[0]) for a, b in zip(epoch1, _epoch(build(2))))
+
+
+def test_parallel_calls_do_not_change_the_result(folder_dataset: Path) -> None:
+    images = from_folder(folder_dataset)
+    kwargs = dict(transform=build_transform("medium", (32, 32)), shuffle=True, seed=5)
+    serial = _epoch(make_dataset(images, (32, 32), 4, num_parallel_calls=1, **kwargs))
+    parallel = _epoch(make_dataset(images, (32, 32), 4, num_parallel_calls=4, **kwargs))
+    assert all(np.array_equal(a[0], b[0]) and np.array_equal(a[1], b[1]) for a, b in zip(serial, parallel))
+
+
+def test_cache_gives_the_same_images_as_decoding(folder_dataset: Path) -> None:
+    images = from_folder(folder_dataset)
+    cache, check = decode_all(images.paths, (32, 32))
+    assert check.num_bad == 0 and cache.shape == (len(images), 32, 32, 3)
+    plain = _epoch(make_dataset(images, (32, 32), 6, transform=build_transform("none", (32, 32))))
+    cached = _epoch(make_dataset(images, (32, 32), 6, transform=build_transform("none", (32, 32)), cache=cache))
+    assert all(np.array_equal(a[0], b[0]) for a, b in zip(plain, cached))
+
+
+def test_unlabeled_set_yields_images_only_in_order(csv_dataset: Path) -> None:
+    images = unlabeled_folder(csv_dataset / "test")
+    dataset = make_dataset(images, (16, 16), 4, transform=build_transform("none", (16, 16)), drop_remainder=False)
+    batches = [x.numpy() for x in dataset]
+    assert [len(b) for b in batches] == [4, 2]
+
+
+def test_augmentation_with_wrong_output_size_is_a_clear_error(folder_dataset: Path) -> None:
+    import albumentations as A
+
+    images = from_folder(folder_dataset)
+    dataset = make_dataset(images, (32, 32), 4, transform=A.Compose([A.Resize(20, 20)]))
+    with pytest.raises(Exception, match="end the augmentation pipeline at the model's input size"):
+        next(iter(dataset))
+
+
+def test_drop_remainder_gives_static_batch_size(folder_dataset: Path) -> None:
+    images = from_folder(folder_dataset)
+    dataset = make_dataset(images, (32, 32), 5, transform=build_transform("none", (32, 32)), drop_remainder=True)
+    assert dataset.element_spec[0].shape.as_list() == [5, 32, 32, 3]
+    assert sum(1 for _ in dataset) == len(images) // 5
+
+
+def test_bad_arguments(folder_dataset: Path) -> None:
+    images = from_folder(folder_dataset)
+    with pytest.raises(ValueError, match="batch_size"):
+        make_dataset(images, (32, 32), 0)
+    with pytest.raises(ValueError, match="cache holds 2 images"):
+        make_dataset(images, (32, 32), 4, cache=np.zeros((2, 32, 32, 3), np.uint8))

@@ -1,0 +1,102 @@
+"""train(config): a run directory with every promised file; same seed -> same metrics; multi-label; bad images."""
+
+from __future__ import annotations
+
+import json
+from dataclasses import replace
+from pathlib import Path
+
+import keras
+import pandas as pd
+import pytest
+import yaml
+
+from app.config import Config, load_config
+from app.training import train
+from pipelines.errors import DataError
+from tests.conftest import make_image
+
+RUN_FILES = {"config.yaml", "model.keras", "history.csv", "metrics.json", "class_names.json", "curves.png", "augment_train.yaml", "augment_eval.yaml"}
+
+
+def test_run_directory_contents(tiny_config: Config) -> None:
+    result = train(tiny_config)
+    assert RUN_FILES <= {p.name for p in result.run_dir.iterdir()}
+    assert yaml.safe_load((result.run_dir / "config.yaml").read_text())["data"]["train"] == tiny_config.data.train
+    assert json.loads((result.run_dir / "class_names.json").read_text()) == {"class_names": ["cat", "dog", "fox"], "multilabel": False}
+    history = pd.read_csv(result.run_dir / "history.csv")
+    assert len(history) == 2 and {"loss", "val_loss", "accuracy", "val_accuracy"} <= set(history.columns)
+    metrics = json.loads((result.run_dir / "metrics.json").read_text())
+    assert metrics["val_images"] == 6 and metrics["train_images"] == 18 and 0 <= metrics["val"]["accuracy"] <= 1
+    assert (result.run_dir / "curves.png").read_bytes()[:4] == b"\x89PNG"
+    model = keras.saving.load_model(result.model_path, safe_mode=True)
+    assert model.input_shape == (None, 32, 32, 3)
+
+
+def test_same_seed_same_metrics(tiny_config: Config, tmp_path: Path) -> None:
+    first = train(replace(tiny_config, output=replace(tiny_config.output, name="a")))
+    second = train(replace(tiny_config, output=replace(tiny_config.output, name="b")))
+    assert first.history == second.history
+    assert first.metrics["val"] == second.metrics["val"]
+
+
+def test_learns_an_easy_task(tiny_config: Config) -> None:
+    config = replace(tiny_config, train=replace(tiny_config.train, epochs=12, learning_rate=0.01, early_stopping_patience=0))
+    result = train(config)
+    assert result.metrics["val"]["accuracy"] == 1.0  # classes differ by colour: a working pipeline + model gets this right
+
+
+def test_run_name_is_never_reused(tiny_config: Config) -> None:
+    config = replace(tiny_config, output=replace(tiny_config.output, name="fixed"), train=replace(tiny_config.train, epochs=1))
+    train(config)
+    with pytest.raises(DataError, match="run directory already exists"):
+        train(config)
+
+
+def test_multilabel_csv(tmp_path: Path) -> None:
+    rows = []
+    for i in range(24):
+        flags = [int(i % 2 == 0), int(i % 3 == 0)]
+        make_image(tmp_path / "imgs" / f"{i}.png", (200 * flags[0], 200 * flags[1], 60), seed=i)
+        rows.append((str(i), *flags))
+    pd.DataFrame(rows, columns=["image_id", "red", "green"]).to_csv(tmp_path / "train.csv", index=False)
+    config = load_config(
+        overrides=[
+            f"data.train={tmp_path / 'train.csv'}",
+            f"data.train_images={tmp_path / 'imgs'}",
+            "data.id_column=image_id",
+            "data.label_columns=[red, green]",
+            "data.image_size=16",
+            "data.batch_size=8",
+            "model.blocks=[[4]]",
+            "train.epochs=1",
+            "train.verbose=0",
+            f"output.dir={tmp_path / 'runs'}",
+        ]
+    )
+    result = train(config)
+    assert json.loads((result.run_dir / "class_names.json").read_text())["multilabel"] is True
+    assert {"mean_column_auc", "micro_f1", "exact_match_accuracy"} <= set(result.metrics["val"])
+
+
+def _corrupt(folder_dataset: Path) -> Path:
+    bad = folder_dataset / "dog" / "broken.jpg"
+    bad.write_bytes(b"\xff\xd8\xff\xe0 not really a jpeg")
+    return bad
+
+
+def test_bad_image_stops_with_its_name(tiny_config: Config, folder_dataset: Path) -> None:
+    bad = _corrupt(folder_dataset)
+    with pytest.raises(DataError, match=f"{bad}.*skip_bad_images"):
+        train(tiny_config)
+    runs = Path(tiny_config.output.dir)
+    assert not runs.exists() or not any(runs.iterdir())  # nothing written before the data was checked
+
+
+@pytest.mark.parametrize("cache", [False, True])
+def test_bad_image_skipped_and_reported(tiny_config: Config, folder_dataset: Path, cache: bool) -> None:
+    bad = _corrupt(folder_dataset)
+    config = replace(tiny_config, data=replace(tiny_config.data, skip_bad_images=True, cache=cache), train=replace(tiny_config.train, epochs=1))
+    result = train(config)
+    assert len(result.metrics["skipped_images"]) == 1 and str(bad) in result.metrics["skipped_images"][0]
+    assert result.metrics["train_images"] + result.metrics["val_images"] == 24
