@@ -12,6 +12,7 @@ import argparse
 import json
 import logging
 import os
+import re
 import sys
 from pathlib import Path
 
@@ -136,6 +137,12 @@ def cmd_predict(args: argparse.Namespace) -> int:
     return 0
 
 
+def _pipeline_error(exc: BaseException) -> str | None:
+    """The user-facing message of a DataError wrapped in a TensorFlow op error, if that is what `exc` is."""
+    match = re.search(r"(?:DataError|ImageReadError): (.+)", str(exc))
+    return match.group(1).strip() if match and type(exc).__module__.startswith("tensorflow") else None
+
+
 COMMANDS = {"demo": cmd_demo, "train": cmd_train, "evaluate": cmd_evaluate, "predict": cmd_predict}
 
 
@@ -153,6 +160,14 @@ def main(argv: list[str] | None = None) -> int:
         if os.environ.get("IMGCLF_DEBUG"):
             raise
         print(f"error: {exc}", file=sys.stderr)
+        return 2
+    except Exception as exc:
+        # A DataError raised inside the tf.data pipeline (say, an image deleted mid-training) reaches us wrapped
+        # in a TensorFlow error: show its own message, not TensorFlow's stack.
+        message = _pipeline_error(exc)
+        if message is None or os.environ.get("IMGCLF_DEBUG"):
+            raise
+        print(f"error: {message}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
         print("interrupted", file=sys.stderr)

@@ -7,6 +7,7 @@ wrong column or a missing file is reported before any training starts, with the 
 from __future__ import annotations
 
 import os
+from collections import Counter
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -78,10 +79,9 @@ def _image_files(folder: Path) -> list[Path]:
 
 
 def _check_unique_ids(ids: Sequence[str], where: str) -> None:
-    seen: set[str] = set()
-    dupes = [i for i in ids if i in seen or seen.add(i)]  # type: ignore[func-returns-value]
+    dupes = sorted(i for i, n in Counter(ids).items() if n > 1)
     if dupes:
-        raise DataError(f"{where}: duplicate ids {_listing(sorted(set(dupes)))}. Fix: each image id must appear once.")
+        raise DataError(f"{where}: duplicate ids {_listing(dupes)}. Fix: each image id must appear once.")
 
 
 def from_folder(root: str | os.PathLike, class_names: Sequence[str] | None = None) -> ImageSet:

@@ -82,3 +82,11 @@ def test_predict_with_mismatched_test_folder(tiny_config: Config, csv_dataset: P
     (csv_dataset / "test" / "t05.jpg").rename(csv_dataset / "test" / "extra.jpg")
     code = main(["predict", str(run), "--test", str(csv_dataset / "sample_submission.csv"), "--output", str(tmp_path / "s.csv")])
     assert code == 2 and "missing" in capsys.readouterr().err and not (tmp_path / "s.csv").exists()
+
+
+def test_image_lost_during_prediction_is_one_line(tiny_config: Config, csv_dataset: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    run = _train(tiny_config, tmp_path, capsys, "--set", "data.check_images=false")
+    (csv_dataset / "test" / "t02.jpg").write_bytes(b"garbage")  # not screened up front: fails inside tf.data
+    code = main(["predict", str(run), "--test", str(csv_dataset / "test"), "--output", str(tmp_path / "s.csv")])
+    err = capsys.readouterr().err.strip()
+    assert code == 2 and err.startswith("error: ") and "t02.jpg" in err and "\n" not in err
