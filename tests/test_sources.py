@@ -17,7 +17,7 @@ def test_folder_tree(folder_dataset: Path) -> None:
     images = from_folder(folder_dataset)
     assert images.class_names == CLASSES
     assert len(images) == 24 and images.labels.dtype == np.int64
-    for path, label in zip(images.paths, images.labels):
+    for path, label in zip(images.paths, images.labels, strict=True):
         assert Path(path).parent.name == CLASSES[label]
 
 
@@ -33,7 +33,7 @@ def test_folder_accepts_every_extension_and_ignores_other_files(tmp_path: Path) 
 def test_folder_with_given_class_names_keeps_their_order(folder_dataset: Path) -> None:
     images = from_folder(folder_dataset, class_names=("fox", "cat", "dog", "emu"))
     assert images.class_names == ("fox", "cat", "dog", "emu")
-    assert {Path(p).parent.name for p, y in zip(images.paths, images.labels) if y == 0} == {"fox"}
+    assert {Path(p).parent.name for p, y in zip(images.paths, images.labels, strict=True) if y == 0} == {"fox"}
 
 
 def test_empty_class_folder(folder_dataset: Path) -> None:

@@ -25,7 +25,7 @@ def test_shapes_dtypes_and_label_alignment(folder_dataset: Path) -> None:
     assert dataset.element_spec[0].dtype == tf.uint8
     seen = 0
     for x, y in _epoch(dataset):
-        for image, label in zip(x, y):
+        for image, label in zip(x, y, strict=True):
             # each class has its own dominant colour channel: the label must match the pixels it came with
             expected = np.argmax(COLORS[images.class_names[label]])
             assert np.argmax(image.reshape(-1, 3).mean(axis=0)) == expected
@@ -42,10 +42,10 @@ def test_same_seed_same_batches_new_epoch_new_augmentation(folder_dataset: Path)
     first = build(1)
     epoch1, epoch2 = _epoch(first), _epoch(first)
     again = build(1)
-    for (a, b), (c, d) in zip(epoch1, _epoch(again)):
+    for (a, b), (c, d) in zip(epoch1, _epoch(again), strict=True):
         assert np.array_equal(a, c) and np.array_equal(b, d)
-    assert any(not np.array_equal(a[0], b[0]) for a, b in zip(epoch1, epoch2))
-    assert any(not np.array_equal(a[0], b[0]) for a, b in zip(epoch1, _epoch(build(2))))
+    assert any(not np.array_equal(a[0], b[0]) for a, b in zip(epoch1, epoch2, strict=True))
+    assert any(not np.array_equal(a[0], b[0]) for a, b in zip(epoch1, _epoch(build(2)), strict=True))
 
 
 def test_parallel_calls_do_not_change_the_result(folder_dataset: Path) -> None:
@@ -53,7 +53,7 @@ def test_parallel_calls_do_not_change_the_result(folder_dataset: Path) -> None:
     kwargs = dict(transform=build_transform("medium", (32, 32)), shuffle=True, seed=5)
     serial = _epoch(make_dataset(images, (32, 32), 4, num_parallel_calls=1, **kwargs))
     parallel = _epoch(make_dataset(images, (32, 32), 4, num_parallel_calls=4, **kwargs))
-    assert all(np.array_equal(a[0], b[0]) and np.array_equal(a[1], b[1]) for a, b in zip(serial, parallel))
+    assert all(np.array_equal(a[0], b[0]) and np.array_equal(a[1], b[1]) for a, b in zip(serial, parallel, strict=True))
 
 
 def test_cache_gives_the_same_images_as_decoding(folder_dataset: Path) -> None:
@@ -62,7 +62,7 @@ def test_cache_gives_the_same_images_as_decoding(folder_dataset: Path) -> None:
     assert check.num_bad == 0 and cache.shape == (len(images), 32, 32, 3)
     plain = _epoch(make_dataset(images, (32, 32), 6, transform=build_transform("none", (32, 32))))
     cached = _epoch(make_dataset(images, (32, 32), 6, transform=build_transform("none", (32, 32)), cache=cache))
-    assert all(np.array_equal(a[0], b[0]) for a, b in zip(plain, cached))
+    assert all(np.array_equal(a[0], b[0]) for a, b in zip(plain, cached, strict=True))
 
 
 def test_unlabeled_set_yields_images_only_in_order(csv_dataset: Path) -> None:
