@@ -109,30 +109,12 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
 
 
 def cmd_predict(args: argparse.Namespace) -> int:
-    from app.data import load_test, prepare
-    from app.prediction import predict_probs
     from app.runs import load_run
-    from app.submission import make_submission, read_template, write_submission
-    from pipelines.errors import DataError
-    from pipelines.sources import align_to_ids
+    from app.submission import submit
 
     run = load_run(args.run)
-    test_path = args.test or run.config.data.test
-    images = load_test(run.config.data, test_path, args.images)
-    template = read_template(test_path) if str(test_path).lower().endswith(".csv") else None
-    if template is not None:
-        images = align_to_ids(images, list(template.iloc[:, 0]), str(test_path))
-    images, cache = prepare(images, run.config.data)
-    if images.skipped and template is not None:
-        raise DataError(f"{len(images.skipped)} test image(s) are unreadable and a submission needs every row: {images.skipped[0]}")
-    probs = predict_probs(run.model, images, run.config, cache=cache)
-    frame = make_submission(images.ids, probs, run.class_names, template=template, multilabel=run.multilabel)
-    if template is None and args.probabilities:
-        import pandas as pd
-
-        frame = pd.concat([frame[["id"]], pd.DataFrame(probs, columns=run.class_names)], axis=1)
     output = Path(args.output) if args.output else run.path / "submission.csv"
-    write_submission(frame, output, template=template, force=args.force)
+    frame = submit(run, output, test=args.test, images=args.images, probabilities=args.probabilities, force=args.force)
     print(f"submission: {output} ({len(frame)} rows)")
     return 0
 

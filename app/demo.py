@@ -6,15 +6,13 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from app.config import Config, apply_overrides, from_dict
-from app.data import load_labeled, load_test
+from app.data import load_labeled
 from app.atomic import write_json
 from app.evaluation import evaluate_images
-from app.prediction import predict_probs
 from app.runs import load_run
-from app.submission import make_submission, read_template, write_submission
+from app.submission import submit
 from app.training import train
 from pipelines.datasets.digits import export_digits
-from pipelines.sources import align_to_ids
 
 DEMO_AUGMENT = Path(__file__).resolve().parent.parent / "configs" / "augment" / "digits.yaml"
 
@@ -54,9 +52,6 @@ def run_demo(cache_dir: str | Path | None = None, overrides: list[str] | None = 
     holdout, _ = evaluate_images(run.model, holdout_set, config)
     write_json(result.run_dir / "holdout_metrics.json", holdout)
 
-    template = read_template(dataset_dir / "sample_submission.csv")
-    test_set = align_to_ids(load_test(config.data), list(template.iloc[:, 0]), str(dataset_dir / "sample_submission.csv"))
-    probs = predict_probs(run.model, test_set, config, verbose=0)
-    frame = make_submission(test_set.ids, probs, run.class_names, template=template, multilabel=run.multilabel)
-    submission = write_submission(frame, result.run_dir / "submission.csv", template=template)
+    submission = result.run_dir / "submission.csv"
+    submit(run, submission, verbose=0)  # the sample submission in config.data.test
     return DemoResult(result.run_dir, holdout, submission)

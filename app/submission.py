@@ -10,8 +10,12 @@ import numpy as np
 import pandas as pd
 
 from app.atomic import atomic_write
+from app.data import load_test, prepare
 from app.evaluation import predicted_labels
+from app.prediction import predict_probs
+from app.runs import Run
 from pipelines.errors import DataError
+from pipelines.sources import align_to_ids
 
 
 def make_submission(
@@ -76,4 +80,37 @@ def read_template(path: str | os.PathLike) -> pd.DataFrame:
         raise DataError(f"{path}: sample submission not found. Fix: check the path.")
     frame = pd.read_csv(path)
     frame[frame.columns[0]] = pd.read_csv(path, usecols=[0], dtype=str).iloc[:, 0]
+    return frame
+
+
+def submit(
+    run: Run,
+    output: str | os.PathLike,
+    *,
+    test: str | None = None,
+    images: str | None = None,
+    probabilities: bool = False,
+    force: bool = False,
+    verbose: int | str = "auto",
+) -> pd.DataFrame:
+    """Predict a test set with a trained run and write its submission to `output`.
+
+    `test` (default: the run's data.test) is a sample_submission.csv, whose ids, order and columns the file
+    then follows exactly, or a folder of images (`id,label`, or one probability column per class with
+    `probabilities`). Test images are checked first; a submission needs every row, so none is skipped.
+    """
+    config = run.config
+    test = test or config.data.test
+    test_set = load_test(config.data, test, images)
+    template = read_template(test) if str(test).lower().endswith(".csv") else None
+    if template is not None:
+        test_set = align_to_ids(test_set, list(template.iloc[:, 0]), str(test))
+    test_set, cache = prepare(test_set, config.data)
+    if test_set.skipped and template is not None:
+        raise DataError(f"{len(test_set.skipped)} test image(s) are unreadable and a submission needs every row: {test_set.skipped[0]}")
+    probs = predict_probs(run.model, test_set, config, cache=cache, verbose=verbose)
+    frame = make_submission(test_set.ids, probs, run.class_names, template=template, multilabel=run.multilabel)
+    if template is None and probabilities:
+        frame = pd.concat([frame[["id"]], pd.DataFrame(probs, columns=list(run.class_names))], axis=1)
+    write_submission(frame, output, template=template, force=force)
     return frame
