@@ -1,14 +1,17 @@
-"""Keras callbacks the standard set lacks."""
+"""Keras callbacks the standard set lacks: an atomic, resumable best-model checkpoint and a resumable history CSV."""
 
 from __future__ import annotations
 
+import json
 import os
+from collections.abc import Sequence
 from pathlib import Path
 
 import keras
 import numpy as np
+import pandas as pd
 
-from app.atomic import atomic_write
+from app.atomic import atomic_write, write_json
 
 
 def monitor_mode(monitor: str) -> str:
@@ -18,15 +21,22 @@ def monitor_mode(monitor: str) -> str:
 
 class BestModelCheckpoint(keras.callbacks.Callback):
     """Save the whole model to a `.keras` file whenever `monitor` improves, atomically (temp file + rename),
-    so an interrupted run never leaves a truncated model behind. Records `best_epoch` (1-based)."""
+    so an interrupted run never leaves a truncated model behind. Records `best_epoch` (1-based).
 
-    def __init__(self, filepath: str | os.PathLike, monitor: str = "val_loss"):
+    With `state_path`, the best value so far is kept in a JSON file too, so a resumed run (or a second training
+    stage) only replaces the checkpoint with a better one."""
+
+    def __init__(self, filepath: str | os.PathLike, monitor: str = "val_loss", state_path: str | os.PathLike | None = None):
         super().__init__()
         self.filepath = Path(filepath)
         self.monitor = monitor
         self.better = np.less if monitor_mode(monitor) == "min" else np.greater
+        self.state_path = Path(state_path) if state_path else None
         self.best: float | None = None
         self.best_epoch: int | None = None
+        if self.state_path and self.state_path.is_file() and self.filepath.is_file():
+            state = json.loads(self.state_path.read_text())
+            self.best, self.best_epoch = state["best"], state["best_epoch"]
 
     def on_epoch_end(self, epoch: int, logs: dict | None = None) -> None:
         value = (logs or {}).get(self.monitor)
@@ -35,3 +45,40 @@ class BestModelCheckpoint(keras.callbacks.Callback):
         if self.best is None or self.better(value, self.best):
             self.best, self.best_epoch = float(value), epoch + 1
             atomic_write(self.filepath, lambda tmp: self.model.save(tmp))
+            if self.state_path:
+                write_json(self.state_path, {"monitor": self.monitor, "best": self.best, "best_epoch": self.best_epoch})
+
+
+class HistoryCSV(keras.callbacks.Callback):
+    """One row per epoch (numbered across stages), with the stage name and the learning rate at the epoch's end, rewritten atomically
+    at each epoch end. A resumed run replaces rows from the epoch it restarts at, so no epoch appears twice."""
+
+    def __init__(self, path: str | os.PathLike, stage: str):
+        super().__init__()
+        self.path = Path(path)
+        self.stage = stage
+        self.last_epoch = 0  # 1-based number of the last epoch logged
+
+    def on_epoch_end(self, epoch: int, logs: dict | None = None) -> None:
+        rows = pd.read_csv(self.path) if self.path.is_file() else pd.DataFrame({"epoch": []})
+        rows = rows[rows["epoch"] < epoch + 1]
+        row = {"epoch": epoch + 1, "stage": self.stage, "learning_rate": current_learning_rate(self.model), **{k: float(v) for k, v in (logs or {}).items()}}
+        rows = pd.concat([rows, pd.DataFrame([row])], ignore_index=True).astype({"epoch": int})
+        atomic_write(self.path, lambda tmp: rows.to_csv(tmp, index=False))
+        self.last_epoch = epoch + 1
+
+
+def current_learning_rate(model: keras.Model) -> float:
+    """The optimizer's learning rate now (a schedule evaluated at the current step)."""
+    return float(keras.ops.convert_to_numpy(model.optimizer.learning_rate))
+
+
+def check_plateau_callbacks(callbacks: Sequence[keras.callbacks.Callback], optimizer: keras.optimizers.Optimizer, schedule_name: str) -> None:
+    """Keras' ReduceLROnPlateau crashes mid-training when the learning rate follows a schedule: refuse up front."""
+    inner = getattr(optimizer, "inner_optimizer", optimizer)  # a LossScaleOptimizer under mixed precision
+    scheduled = isinstance(inner.get_config()["learning_rate"], dict)  # a serialized schedule, not a number
+    if scheduled and any(isinstance(cb, keras.callbacks.ReduceLROnPlateau) for cb in callbacks):
+        raise ValueError(
+            f"ReduceLROnPlateau cannot change a learning rate that follows the {schedule_name!r} schedule. "
+            "Fix: use schedule plateau (a constant rate reduced on plateaus), or drop the ReduceLROnPlateau callback."
+        )

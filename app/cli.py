@@ -4,6 +4,9 @@
     imgclf train -c configs/example.yaml --set train.epochs=5
     imgclf evaluate runs/<run> [--data labeled.csv]
     imgclf predict runs/<run> --test sample_submission.csv --output submission.csv
+    imgclf models [--blocks resnet50]                # registered architectures, or one backbone's blocks
+    imgclf plot-lr -c config.yaml                    # the learning rate per step, before any training
+    imgclf find-lr -c config.yaml                    # LR range test: loss vs learning rate, a suggested rate
 """
 
 from __future__ import annotations
@@ -25,6 +28,9 @@ EPILOG = """examples:
   imgclf train -c configs/example.yaml --set data.train=path/to/folder --set train.epochs=10
   imgclf evaluate runs/20260101-120000-baseline_cnn
   imgclf predict runs/20260101-120000-baseline_cnn --test data/sample_submission.csv
+  imgclf train -c configs/finetune.yaml --set data.train=path/to/folder
+  imgclf plot-lr -c configs/finetune.yaml --steps-per-epoch 100
+  imgclf find-lr -c configs/finetune.yaml --set data.train=path/to/folder
 
 Config values can be overridden with --set section.key=value (values are YAML: 5, 0.1, true, null, [1, 2]).
 Every run writes its resolved config.yaml next to model.keras, history.csv, metrics.json and curves.png."""
@@ -54,7 +60,7 @@ def build_parser() -> argparse.ArgumentParser:
     evaluate.add_argument("run", help="run directory printed by train")
     evaluate.add_argument("--data", help="labeled folder or CSV to score (default: the run's own validation split)")
     evaluate.add_argument("--images", help="image folder for a --data CSV")
-    evaluate.add_argument("--output", help="where to write the metrics JSON (default: <run>/evaluation.json)")
+    evaluate.add_argument("--output", help="folder for metrics.json, per_class.csv, confusion_matrix.png, mistakes.png (default: <run>/evaluation-<data>)")
     evaluate.add_argument("--force", action="store_true", help="overwrite an existing output file")
 
     predict = sub.add_parser("predict", help="predict a test set and write a Kaggle-style submission CSV")
@@ -64,6 +70,23 @@ def build_parser() -> argparse.ArgumentParser:
     predict.add_argument("--output", help="submission file (default: <run>/submission.csv)")
     predict.add_argument("--probabilities", action="store_true", help="without a sample submission: one probability column per class instead of id,label")
     predict.add_argument("--force", action="store_true", help="overwrite an existing output file")
+
+    models = sub.add_parser("models", help="list the registered architectures, or the blocks of one backbone")
+    models.add_argument("--blocks", metavar="NAME", help="print this backbone's blocks (what finetune.unfreeze_blocks counts)")
+
+    plot_lr = sub.add_parser("plot-lr", help="draw a config's learning rate per step (both stages) before training")
+    plot_lr.add_argument("-c", "--config", help="YAML config file")
+    overrides(plot_lr)
+    plot_lr.add_argument("--steps-per-epoch", type=int, help="default: from the size of the configured training set")
+    plot_lr.add_argument("--output", default="lr_schedule.png", help="PNG to write (default: lr_schedule.png)")
+    plot_lr.add_argument("--force", action="store_true", help="overwrite an existing output file")
+
+    find_lr = sub.add_parser("find-lr", help="LR range test: loss against an exponentially growing rate, and a suggestion")
+    find_lr.add_argument("-c", "--config", help="YAML config file")
+    overrides(find_lr)
+    find_lr.add_argument("--steps", type=int, default=100, help="training steps in the test (default 100)")
+    find_lr.add_argument("--start-lr", type=float, default=1e-7)
+    find_lr.add_argument("--end-lr", type=float, default=1.0)
     return parser
 
 
@@ -90,9 +113,8 @@ def cmd_train(args: argparse.Namespace) -> int:
 
 
 def cmd_evaluate(args: argparse.Namespace) -> int:
-    from app.atomic import write_json
     from app.data import load_labeled, load_train_val
-    from app.evaluation import evaluate_images
+    from app.reports import write_evaluation
     from app.runs import load_run
 
     run = load_run(args.run)
@@ -100,11 +122,11 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
         images = load_labeled(args.data, args.images, run.config.data, class_names=run.class_names)
     else:
         _, images = load_train_val(run.config.data, run.config.seed)
-    metrics, _ = evaluate_images(run.model, images, run.config)
-    output = Path(args.output) if args.output else run.path / "evaluation.json"
-    write_json(output, {"data": args.data or "validation split", **metrics}, force=args.force)
+    name = Path(args.data).stem if args.data else "val"
+    output = Path(args.output) if args.output else run.path / f"evaluation-{name}"
+    metrics = write_evaluation(output, run.model, images, run.config, source=args.data or "validation split", force=args.force)
     print(json.dumps(metrics, indent=2))
-    print(f"written: {output}")
+    print(f"written: {output}/ (metrics.json, per_class.csv, confusion_matrix.png, mistakes.png)")
     return 0
 
 
@@ -119,13 +141,88 @@ def cmd_predict(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_models(args: argparse.Namespace) -> int:
+    from app.models import list_models
+    from app.models.backbones import BACKBONES, backbone_blocks, get_spec, make_backbone
+
+    if args.blocks:
+        spec = get_spec(args.blocks)
+        blocks = backbone_blocks(make_backbone(spec.name, (spec.native_size, spec.native_size, 3), weights=None))
+        print(f"{spec.name}: {len(blocks)} blocks, input to output (finetune.unfreeze_blocks=K unfreezes the last K)")
+        for i, (name, layers) in enumerate(blocks, start=1):
+            print(f"  {i:3d}  {name:16s} {len(layers):4d} layers")
+        return 0
+    print(f"{'name':18s} {'family':16s} native size")
+    for name in list_models():
+        spec = BACKBONES.get(name)
+        print(f"{name:18s} {spec.family if spec else 'baseline':16s} {spec.native_size if spec else '-'}")
+    return 0
+
+
+def cmd_plot_lr(args: argparse.Namespace) -> int:
+    import math
+
+    from app.atomic import OutputExistsError
+    from app.config import load_config
+    from app.data import load_train_val
+    from app.plots import plot_lr_schedule
+    from app.training import plan_stages, stage_schedules
+
+    config = load_config(args.config, args.overrides)
+    output = Path(args.output)
+    if output.exists() and not args.force:
+        raise OutputExistsError(f"{output}: already exists. Fix: choose another --output, or pass --force to overwrite it.")
+    steps = args.steps_per_epoch
+    if steps is None:
+        train_set, _ = load_train_val(config.data, config.seed)  # lists the files only; nothing is decoded
+        steps = math.ceil(len(train_set) / config.data.batch_size)
+    stages = plan_stages(config)
+    plot_lr_schedule([(s.name, sched, s.epochs) for s, sched in zip(stages, stage_schedules(config, steps), strict=True)], steps, output)
+    print(f"learning-rate schedule: {output} ({' + '.join(f'{s.epochs} {s.name} epochs' for s in stages)}, {steps} steps per epoch)")
+    return 0
+
+
+def cmd_find_lr(args: argparse.Namespace) -> int:
+    import dataclasses
+
+    import pandas as pd
+
+    from app.atomic import atomic_write, write_json, write_text
+    from app.config import dump_config, load_config
+    from app.lr_finder import find_lr, plot_lr_finder
+    from app.runs import CONFIG_FILE, create_run_dir
+
+    config = load_config(args.config, args.overrides)
+    result = find_lr(config, steps=args.steps, start_lr=args.start_lr, end_lr=args.end_lr)
+    run_dir = create_run_dir(config.output.dir, None, f"lr_finder-{config.model.name}")
+    write_text(run_dir / CONFIG_FILE, dump_config(config))
+    frame = pd.DataFrame({"learning_rate": result.learning_rates, "loss": result.losses, "smoothed_loss": result.smoothed})
+    atomic_write(run_dir / "lr_finder.csv", lambda p: frame.to_csv(p, index=False))
+    summary = {k: v for k, v in dataclasses.asdict(result).items() if k not in ("learning_rates", "losses", "smoothed")}
+    write_json(run_dir / "lr_finder.json", {**summary, "steps": args.steps, "start_lr": args.start_lr, "end_lr": args.end_lr})
+    plot_lr_finder(result, str(run_dir / "lr_finder.png"))
+    print(f"suggested learning rate: {result.suggested_lr:.3g} (steepest descent; the loss is lowest at {result.min_loss_lr:.3g})")
+    for note in result.notes:
+        print(f"note: {note}")
+    print(f"plot: {run_dir / 'lr_finder.png'}")
+    return 0
+
+
 def _pipeline_error(exc: BaseException) -> str | None:
     """The user-facing message of a DataError wrapped in a TensorFlow op error, if that is what `exc` is."""
     match = re.search(r"(?:DataError|ImageReadError): (.+)", str(exc))
     return match.group(1).strip() if match and type(exc).__module__.startswith("tensorflow") else None
 
 
-COMMANDS = {"demo": cmd_demo, "train": cmd_train, "evaluate": cmd_evaluate, "predict": cmd_predict}
+COMMANDS = {
+    "demo": cmd_demo,
+    "train": cmd_train,
+    "evaluate": cmd_evaluate,
+    "predict": cmd_predict,
+    "models": cmd_models,
+    "plot-lr": cmd_plot_lr,
+    "find-lr": cmd_find_lr,
+}
 
 
 def main(argv: list[str] | None = None) -> int:

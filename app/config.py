@@ -52,9 +52,14 @@ class AugmentConfig:
 
 @dataclass
 class ModelConfig:
-    """Which model to build. `blocks` and `dropout` configure the baseline CNN (see app/models/baseline.py)."""
+    """Which model to build: `baseline_cnn` or a Keras Applications backbone (`imgclf models` lists them).
+
+    `blocks` configures the baseline CNN (see app/models/baseline.py). `weights` applies to backbones: `imagenet`
+    (downloaded by Keras), a local .h5 / .weights.h5 / .keras file, or null for random initialisation; the baseline
+    CNN has no ImageNet weights and takes a local file or null (`imagenet` leaves it randomly initialised)."""
 
     name: str = "baseline_cnn"
+    weights: str | None = "imagenet"
     blocks: list[Any] = field(
         default_factory=lambda: [
             {"filters": 32, "kernel_size": 3, "strides": 1},
@@ -66,18 +71,64 @@ class ModelConfig:
 
 
 @dataclass
+class ScheduleConfig:
+    """A learning-rate schedule and its knobs (timm-style flat options; each schedule reads the ones it needs).
+
+    Written as a mapping (`schedule: {name: step, decay_epochs: 3}`) or just its name (`schedule: cosine`).
+    See app/schedules.py for the formulas; `imgclf plot-lr` draws the result before any training."""
+
+    name: str = "cosine"  # constant | step | exponential | cosine | cosine_restarts | one_cycle | polynomial | ramp_sustain_step | plateau
+    warmup_epochs: float = 0.0  # linear warmup from warmup_lr (the ramp of ramp_sustain_step)
+    warmup_lr: float = 0.0
+    min_lr: float = 0.0  # floor: end of cosine / polynomial / ramp_sustain_step / plateau
+    decay_epochs: float | None = None  # step: epochs between drops; exponential: epochs per decay_rate; cosine_restarts: first cycle
+    decay_rate: float | None = None  # step: 0.1, exponential: 0.5, ramp_sustain_step: 0.8 per epoch, plateau: 0.1
+    cycle_mul: float = 2.0  # cosine_restarts: each cycle this many times longer
+    cycle_decay: float = 1.0  # cosine_restarts: each restart's peak this fraction of the last
+    power: float = 1.0  # polynomial
+    pct_start: float = 0.3  # one_cycle: fraction of training spent rising
+    div_factor: float = 25.0  # one_cycle: start at learning_rate / div_factor
+    final_div_factor: float = 1e4  # one_cycle: end at start / final_div_factor
+    sustain_epochs: float = 0.0  # ramp_sustain_step: epochs held at learning_rate after the ramp
+    patience: int = 2  # plateau: epochs without improvement of train.monitor before each reduction
+
+
+@dataclass
 class TrainConfig:
-    """Optimisation: Adam with cosine decay by default; best checkpoint and early stopping on `monitor`."""
+    """Stage 1 (and the only stage without `finetune`): optimizer, schedule and training options.
+
+    With a pretrained backbone and `freeze_backbone`, stage 1 trains the head only; `finetune` then unfreezes."""
 
     epochs: int = 20
-    optimizer: str = "adam"  # adam | sgd
+    optimizer: str = "adam"  # adam | adamw | sgd (momentum, Nesterov)
     learning_rate: float = 1e-3
-    schedule: str = "cosine"  # cosine | constant
-    warmup_epochs: int = 0
+    weight_decay: float | None = None  # decoupled; None: 0.004 for adamw, none for adam and sgd
+    momentum: float = 0.9  # sgd
+    schedule: ScheduleConfig = field(default_factory=ScheduleConfig)
+    label_smoothing: float = 0.0
+    class_weight: str | dict[str, float] | None = None  # null | balanced (from class frequencies) | {class: weight}
+    freeze_backbone: bool = True  # pretrained backbones: stage 1 trains only the head
+    mixed_precision: bool = False  # float16 compute on a GPU; on a CPU it is ignored with a note
+    distribute: str = "auto"  # auto | none | mirrored | multiworker (auto: TF_CONFIG -> multiworker, several GPUs -> mirrored)
+    resume: bool = True  # the same config started again continues an interrupted run (keras BackupAndRestore)
     monitor: str = "val_loss"
     early_stopping_patience: int = 5  # epochs without improvement; 0 disables early stopping
     deterministic: bool = True  # seeded and op-deterministic: same config + seed -> same metrics on CPU
     verbose: int = 2  # Keras fit verbosity: 0 silent, 1 progress bar, 2 one line per epoch
+
+
+@dataclass
+class FinetuneConfig:
+    """Stage 2 for a pretrained backbone: unfreeze its top (BatchNorm stays frozen) and train on at a lower rate.
+
+    `epochs: 0` skips the stage. Unfreeze the top `unfreeze_blocks` blocks or `unfreeze_layers` layers, or the
+    whole backbone when both are unset (`imgclf models --blocks NAME` lists a backbone's blocks)."""
+
+    epochs: int = 0
+    learning_rate: float = 1e-5
+    schedule: ScheduleConfig = field(default_factory=ScheduleConfig)
+    unfreeze_blocks: int | None = None
+    unfreeze_layers: int | None = None
 
 
 @dataclass
@@ -94,6 +145,7 @@ class Config:
     augment: AugmentConfig = field(default_factory=AugmentConfig)
     model: ModelConfig = field(default_factory=ModelConfig)
     train: TrainConfig = field(default_factory=TrainConfig)
+    finetune: FinetuneConfig = field(default_factory=FinetuneConfig)
     output: OutputConfig = field(default_factory=OutputConfig)
     seed: int = 42
 
@@ -113,6 +165,10 @@ def _check_type(value: Any, annotation: Any, key: str) -> Any:
     if annotation is type(None):
         if value is None:
             return None
+    elif origin is dict:
+        if isinstance(value, dict):
+            key_type, value_type = typing.get_args(annotation) or (Any, Any)
+            return {_check_type(k, key_type, key): _check_type(v, value_type, f"{key}.{k}") for k, v in value.items()}
     elif origin is list:
         if isinstance(value, list):
             (item,) = typing.get_args(annotation) or (Any,)
@@ -151,6 +207,8 @@ def from_dict(cls: type, data: dict[str, Any] | None, prefix: str = "") -> Any:
     for name, value in data.items():
         hint = hints[name]
         if dataclasses.is_dataclass(hint):
+            if isinstance(value, str) and "name" in {f.name for f in dataclasses.fields(hint)}:
+                value = {"name": value}  # shorthand: `schedule: cosine`
             kwargs[name] = from_dict(hint, value, f"{prefix}{name}.")
         else:
             kwargs[name] = _check_type(value, hint, f"{prefix}{name}")
@@ -174,10 +232,16 @@ def apply_overrides(data: dict[str, Any], overrides: list[str]) -> dict[str, Any
         node = data
         parts = key.strip().split(".")
         for part in parts[:-1]:
+            if isinstance(node.get(part), str):  # `schedule: cosine` shorthand, now given a sub-key
+                node[part] = {"name": node[part]}
             node = node.setdefault(part, {})
             if not isinstance(node, dict):
                 raise ConfigError(f"override {item!r}: {part} is not a section")
-        node[parts[-1]] = value
+        last = parts[-1]
+        if isinstance(node.get(last), dict) and "name" in node[last] and isinstance(value, str):
+            node[last] = {**node[last], "name": value}  # `train.schedule=step` keeps the other schedule knobs
+        else:
+            node[last] = value
     return data
 
 

@@ -95,7 +95,10 @@ def prepare(images: ImageSet, cfg: DataConfig) -> tuple[ImageSet, np.ndarray | N
     return images.without(result.ok, result.errors), None if cache is None else cache[result.ok]
 
 
-def make_tf_dataset(images: ImageSet, cfg: DataConfig, augment: str, *, training: bool, seed: int, cache: np.ndarray | None = None) -> tf.data.Dataset:
+def make_tf_dataset(
+    images: ImageSet, cfg: DataConfig, augment: str, *, training: bool, seed: int, cache: np.ndarray | None = None, drop_remainder: bool = False
+) -> tf.data.Dataset:
     """Batches for `model.fit` / `predict`: augmented and shuffled when `training`, else in order."""
     size = (cfg.image_size, cfg.image_size)
-    return make_dataset(images, size, cfg.batch_size, transform=build_transform(augment, size), shuffle=training, seed=seed, cache=cache)
+    transform = build_transform(augment, size)
+    return make_dataset(images, size, cfg.batch_size, transform=transform, shuffle=training, seed=seed, cache=cache, drop_remainder=drop_remainder)

@@ -5,9 +5,9 @@ from __future__ import annotations
 from dataclasses import dataclass
 from pathlib import Path
 
+from app.atomic import write_json
 from app.config import Config, apply_overrides, from_dict
 from app.data import load_labeled
-from app.atomic import write_json
 from app.evaluation import evaluate_images
 from app.runs import load_run
 from app.submission import submit

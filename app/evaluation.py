@@ -15,7 +15,7 @@ from pipelines.sources import ImageSet
 
 
 def classification_metrics(labels: np.ndarray, probs: np.ndarray, multilabel: bool = False, threshold: float = 0.5) -> dict[str, float]:
-    """Single-label: accuracy, top-5 accuracy (more than 5 classes), macro F1, log-loss.
+    """Single-label: accuracy, top-3 / top-5 accuracy (with more classes than k), macro F1, log-loss.
     Multi-label: mean column-wise ROC AUC (columns with one class present are left out), micro/macro F1
     at `threshold`, exact-match accuracy, mean binary log-loss."""
     probs = np.asarray(probs, dtype=np.float64)
@@ -41,8 +41,9 @@ def classification_metrics(labels: np.ndarray, probs: np.ndarray, multilabel: bo
             "macro_f1": float(f1_score(truth, predicted, labels=classes, average="macro", zero_division=0)),
             "log_loss": float(log_loss(truth, np.clip(probs, 1e-15, 1.0), labels=classes)),
         }
-        if num_classes > 5:
-            metrics["top_5_accuracy"] = float(top_k_accuracy_score(truth, probs, k=5, labels=classes))
+        for k in (3, 5):
+            if num_classes > k:
+                metrics[f"top_{k}_accuracy"] = float(top_k_accuracy_score(truth, probs, k=k, labels=classes))
     metrics["num_images"] = int(len(probs))
     return metrics
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 from collections.abc import Mapping, Sequence
+from typing import Any
 
 import matplotlib
 
@@ -26,6 +27,26 @@ def plot_history(history: Mapping[str, Sequence[float]], path: str | os.PathLike
         ax.set_xlabel("epoch")
         ax.grid(alpha=0.3)
         ax.legend()
+    fig.tight_layout()
+    atomic_write(path, lambda p: fig.savefig(p, format="png", dpi=100))
+    plt.close(fig)
+
+
+def plot_lr_schedule(stages: Sequence[tuple[str, Any, int]], steps_per_epoch: int, path: str | os.PathLike) -> None:
+    """Learning rate per optimizer step for each (stage name, schedule or number, epochs), stages end to end."""
+    from app.schedules import lr_values  # app.schedules imports keras: only when plotting schedules
+
+    fig, ax = plt.subplots(figsize=(7, 3.6))
+    offset = 0
+    for name, schedule, epochs in stages:
+        steps, values = lr_values(schedule, epochs * steps_per_epoch)
+        ax.plot((offset + steps) / steps_per_epoch, values, label=name)
+        offset += epochs * steps_per_epoch
+    ax.set_xlabel("epoch")
+    ax.set_ylabel("learning rate")
+    ax.set_title(f"learning-rate schedule ({steps_per_epoch} steps per epoch)")
+    ax.grid(alpha=0.3)
+    ax.legend()
     fig.tight_layout()
     atomic_write(path, lambda p: fig.savefig(p, format="png", dpi=100))
     plt.close(fig)

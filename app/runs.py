@@ -10,12 +10,18 @@ from pathlib import Path
 
 import keras
 
+import app.optimization  # noqa: F401  (registers the custom loss for load_model)
+import app.schedules  # noqa: F401  (registers the custom schedules for load_model)
 from app.config import Config, ConfigError, load_config
+from app.models.backbones import BackbonePreprocess  # noqa: F401  (registers the layer for load_model)
 from pipelines.errors import DataError
 
 CONFIG_FILE = "config.yaml"
 MODEL_FILE = "model.keras"
 CLASSES_FILE = "class_names.json"
+FINISHED_FILE = "metrics.json"  # written last: a run without it was interrupted
+BACKUP_DIR = "backup"  # keras BackupAndRestore state and stage bookkeeping, removed when the run finishes
+LOCK_FILE = ".lock"  # pid of the process training in the run directory
 
 
 def create_run_dir(base: str | os.PathLike, name: str | None, model_name: str) -> Path:
@@ -32,6 +38,45 @@ def create_run_dir(base: str | os.PathLike, name: str | None, model_name: str) -
             if name:
                 raise DataError(f"{path}: run directory already exists. Fix: choose another output.name, or leave it unset for a fresh timestamped one.") from None
     raise DataError(f"{base}: could not create a fresh run directory for {stem!r}")
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+def _resumable(path: Path, config_text: str) -> bool:
+    """An interrupted run of the very same config that no live process is training."""
+    if (path / FINISHED_FILE).exists() or not (path / BACKUP_DIR).is_dir() or not (path / CONFIG_FILE).is_file():
+        return False
+    if (path / CONFIG_FILE).read_text() != config_text:
+        return False
+    lock = path / LOCK_FILE
+    return not (lock.is_file() and lock.read_text().strip().isdigit() and _alive(int(lock.read_text())))
+
+
+def open_run_dir(base: str | os.PathLike, name: str | None, model_name: str, config_text: str, resume: bool) -> tuple[Path, bool]:
+    """(run directory, resumed): with `resume`, the newest interrupted run of the same config (the one named
+    `name`, if given) is continued; otherwise a fresh directory is created. The directory is locked with our pid."""
+    base = Path(base)
+    path: Path | None = None
+    if resume and base.is_dir():
+        candidates = [base / name] if name else sorted((p for p in base.iterdir() if p.is_dir()), key=lambda p: p.stat().st_mtime, reverse=True)
+        path = next((p for p in candidates if p.is_dir() and _resumable(p, config_text)), None)
+    resumed = path is not None
+    if path is None:
+        path = create_run_dir(base, name, model_name)
+    (path / LOCK_FILE).write_text(str(os.getpid()))
+    return path, resumed
+
+
+def release_run_dir(path: Path) -> None:
+    (path / LOCK_FILE).unlink(missing_ok=True)
 
 
 @dataclass

@@ -1,32 +1,48 @@
-"""`train(config) -> TrainResult`: data -> model -> fit -> best model, metrics and plots in a fresh run directory.
+"""`train(config) -> TrainResult`: data -> model -> fit (one or two stages) -> best model, metrics and report.
 
-Run directory contents: config.yaml (resolved), model.keras (best epoch), history.csv, metrics.json,
-class_names.json, curves.png, augment_train.yaml / augment_eval.yaml (the exact Albumentations pipelines).
+Stage 1 (`train`) trains the whole baseline CNN, or the head of a pretrained backbone kept frozen. Stage 2
+(`finetune`, when finetune.epochs > 0) unfreezes the top of the backbone, BatchNorm layers staying frozen, and
+recompiles at a lower rate. Both stages share one run directory: `history.csv` numbers epochs across them and
+`model.keras` is the best epoch of either. A run interrupted anywhere and started again with the same config
+continues where it stopped (keras BackupAndRestore, per stage).
+
+Run directory contents: config.yaml (resolved), model.keras (best epoch), history.csv, metrics.json (written last),
+class_names.json, curves.png, lr_schedule.png, per_class.csv, confusion_matrix.png, mistakes.png,
+augment_train.yaml / augment_eval.yaml (the exact Albumentations pipelines).
 """
 
 from __future__ import annotations
 
+import json
 import logging
 import math
+import shutil
 import time
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import keras
+import numpy as np
+import pandas as pd
 import tensorflow as tf
 
 from app import runs
 from app.atomic import write_json, write_text
-from app.callbacks import BestModelCheckpoint, monitor_mode
-from app.config import Config, dump_config
+from app.callbacks import BestModelCheckpoint, HistoryCSV, check_plateau_callbacks, monitor_mode
+from app.config import Config, ScheduleConfig, dump_config
 from app.data import load_train_val, make_tf_dataset, prepare
-from app.evaluation import classification_metrics
-from app.models import create_model
-from app.plots import plot_history
+from app.devices import make_strategy, precision_policy
+from app.models import create_model, is_backbone
+from app.models.backbones import find_backbone, freeze_backbone, unfreeze_model
+from app.optimization import class_weights, make_loss_and_metrics, make_optimizer
+from app.plots import plot_history, plot_lr_schedule
 from app.prediction import predict_probs
+from app.reports import write_report
 from app.schedules import make_schedule
 from pipelines.augment import build_transform, save_transform
+from pipelines.sources import ImageSet
 
 log = logging.getLogger(__name__)
 
@@ -39,6 +55,18 @@ class TrainResult:
     history: dict[str, list[float]]
 
 
+@dataclass(frozen=True)
+class Stage:
+    """One `model.fit` call: its epochs, peak learning rate and schedule, and what of the backbone trains."""
+
+    name: str  # "train" | "finetune"
+    epochs: int
+    learning_rate: float
+    schedule: ScheduleConfig
+    unfreeze_blocks: int | None = None
+    unfreeze_layers: int | None = None
+
+
 def seed_everything(seed: int, deterministic: bool) -> None:
     """Seed Python, NumPy and TensorFlow; with `deterministic`, also make TF ops deterministic (same metrics on CPU)."""
     keras.utils.set_random_seed(seed)
@@ -46,70 +74,197 @@ def seed_everything(seed: int, deterministic: bool) -> None:
         tf.config.experimental.enable_op_determinism()
 
 
-def compile_model(model: keras.Model, config: Config, steps_per_epoch: int, multilabel: bool) -> None:
-    """Optimizer with the configured schedule; the loss and metrics that fit the label type."""
-    tc = config.train
-    schedule = make_schedule(tc.schedule, tc.learning_rate, tc.epochs * steps_per_epoch, tc.warmup_epochs * steps_per_epoch)
-    optimizers = {"adam": lambda: keras.optimizers.Adam(schedule), "sgd": lambda: keras.optimizers.SGD(schedule, momentum=0.9, nesterov=True)}
-    if tc.optimizer not in optimizers:
-        raise ValueError(f"unknown optimizer {tc.optimizer!r}. Fix: set train.optimizer to one of {', '.join(optimizers)}")
-    if multilabel:
-        loss, metrics = keras.losses.BinaryCrossentropy(), [keras.metrics.BinaryAccuracy(name="accuracy"), keras.metrics.AUC(multi_label=True, name="auc")]
-    else:
-        loss, metrics = keras.losses.SparseCategoricalCrossentropy(), [keras.metrics.SparseCategoricalAccuracy(name="accuracy")]
-    model.compile(optimizer=optimizers[tc.optimizer](), loss=loss, metrics=metrics)
+def plan_stages(config: Config) -> list[Stage]:
+    """Stage 1, and stage 2 when finetune.epochs > 0 (only for a backbone)."""
+    stages = [Stage("train", config.train.epochs, config.train.learning_rate, config.train.schedule)]
+    ft = config.finetune
+    if ft.epochs > 0:
+        if not is_backbone(config.model.name):
+            raise ValueError(
+                f"finetune.epochs={ft.epochs}, but model.name={config.model.name} has no pretrained backbone to unfreeze. "
+                "Fix: set finetune.epochs=0, or choose a backbone (imgclf models lists them)."
+            )
+        stages.append(Stage("finetune", ft.epochs, ft.learning_rate, ft.schedule, ft.unfreeze_blocks, ft.unfreeze_layers))
+    return stages
+
+
+def stage_schedules(config: Config, steps_per_epoch: int) -> list[Any]:
+    """Each stage's learning-rate schedule (checks warmup lengths and schedule options before anything is written)."""
+    return [make_schedule(s.schedule, s.learning_rate, s.epochs, steps_per_epoch) for s in plan_stages(config)]
 
 
 def build_model(config: Config, num_classes: int, multilabel: bool) -> keras.Model:
     mc = config.model
     size = config.data.image_size
-    return create_model(mc.name, input_shape=(size, size, 3), num_classes=num_classes, multilabel=multilabel, blocks=mc.blocks, dropout=mc.dropout)
+    return create_model(
+        mc.name, input_shape=(size, size, 3), num_classes=num_classes, multilabel=multilabel, weights=mc.weights, dropout=mc.dropout, blocks=mc.blocks
+    )
 
 
-def train(config: Config) -> TrainResult:
-    """Train per `config` and write everything to a new run directory; returns where and how well."""
+def compile_model(model: keras.Model, config: Config, learning_rate: Any, multilabel: bool) -> None:
+    """The configured optimizer at `learning_rate` (a number or schedule), and the loss and metrics for the label type."""
+    tc = config.train
+    loss, metrics = make_loss_and_metrics(multilabel, tc.label_smoothing)
+    model.compile(optimizer=make_optimizer(tc.optimizer, learning_rate, tc.weight_decay, tc.momentum), loss=loss, metrics=metrics)
+
+
+def set_trainable(model: keras.Model, stage: Stage, config: Config) -> None:
+    """Stage 1 freezes a pretrained backbone (train.freeze_backbone); stage 2 unfreezes its top."""
+    if find_backbone(model) is None:
+        return
+    if stage.name == "finetune":
+        unfrozen = unfreeze_model(model, blocks=stage.unfreeze_blocks, layers_=stage.unfreeze_layers)
+        log.info("fine-tuning %d backbone layers with weights (BatchNormalization stays frozen)", len(unfrozen))
+    elif config.train.freeze_backbone:
+        freeze_backbone(model)
+
+
+def _stage_callbacks(config: Config, stage: Stage, run_dir: Path, checkpoint: BestModelCheckpoint, history: HistoryCSV) -> list[keras.callbacks.Callback]:
+    tc = config.train
+    backup = run_dir / runs.BACKUP_DIR
+    done = keras.callbacks.LambdaCallback(on_train_end=lambda logs: write_json(backup / f"{stage.name}.done.json", {"last_epoch": history.last_epoch}))
+    callbacks: list[keras.callbacks.Callback] = [done, keras.callbacks.BackupAndRestore(str(backup / stage.name), double_checkpoint=True)]
+    callbacks += [checkpoint, history]
+    if tc.early_stopping_patience > 0:
+        callbacks.append(keras.callbacks.EarlyStopping(tc.monitor, patience=tc.early_stopping_patience, mode=monitor_mode(tc.monitor)))
+    if stage.schedule.name == "plateau":
+        rate = stage.schedule.decay_rate if stage.schedule.decay_rate is not None else 0.1
+        callbacks.append(
+            keras.callbacks.ReduceLROnPlateau(tc.monitor, factor=rate, patience=stage.schedule.patience, min_lr=stage.schedule.min_lr, mode=monitor_mode(tc.monitor))
+        )
+    return callbacks
+
+
+def _read_history(path: Path) -> dict[str, list[float]]:
+    frame = pd.read_csv(path)
+    return {c: [float(v) for v in frame[c]] for c in frame.columns if c not in ("epoch", "stage")}
+
+
+def train(config: Config, callbacks: Sequence[keras.callbacks.Callback] = ()) -> TrainResult:
+    """Train per `config` and write everything to a run directory; returns where and how well.
+
+    `callbacks` are added to every stage's `fit` (for notebooks and the tuner)."""
     started = time.perf_counter()
     seed_everything(config.seed, config.train.deterministic)
     train_set, val_set = load_train_val(config.data, config.seed)
     train_set, train_cache = prepare(train_set, config.data)
     val_set, val_cache = prepare(val_set, config.data)
-    model = build_model(config, train_set.num_classes, train_set.multilabel)  # fails fast on a bad model config
+    weights = class_weights(train_set.labels, train_set.class_names, config.train.class_weight, train_set.multilabel)
+    steps_per_epoch = math.ceil(len(train_set) / config.data.batch_size)
+    stages = plan_stages(config)
+    schedules = stage_schedules(config, steps_per_epoch)
+    strategy = make_strategy(config.train.distribute)
 
-    run_dir = runs.create_run_dir(config.output.dir, config.output.name, config.model.name)
-    log.info("writing the run to %s", run_dir)
-    write_text(run_dir / runs.CONFIG_FILE, dump_config(config))
+    with precision_policy(config.train.mixed_precision) as policy:
+        with strategy.scope():
+            model = build_model(config, train_set.num_classes, train_set.multilabel)  # fails fast on a bad model config
+        config_text = dump_config(config)
+        run_dir, resumed = runs.open_run_dir(config.output.dir, config.output.name, config.model.name, config_text, config.train.resume)
+        try:
+            log.info("%s the run in %s", "resuming" if resumed else "writing", run_dir)
+            if not resumed:
+                _write_run_files(run_dir, config, config_text, train_set, schedules, steps_per_epoch)
+            fit_history = _fit_stages(model, config, stages, schedules, run_dir, strategy, weights, train_set, val_set, train_cache, val_cache, callbacks)
+            history = _read_history(run_dir / "history.csv")
+            best = keras.saving.load_model(run_dir / runs.MODEL_FILE, safe_mode=True)
+            probs = predict_probs(best, val_set, config, cache=val_cache, verbose=0)
+            report = write_report(run_dir, val_set, probs)
+            state = json.loads((run_dir / runs.BACKUP_DIR / "best.json").read_text())
+            metrics: dict[str, Any] = {
+                "val": report,
+                "best_epoch": state["best_epoch"],
+                "epochs_run": len(history.get("loss", [])),
+                "stage_epochs": fit_history,
+                "monitor": {config.train.monitor: state["best"]},
+                "train_images": len(train_set),
+                "val_images": len(val_set),
+                "skipped_images": sorted(set(train_set.skipped) | set(val_set.skipped)),
+                "replicas": strategy.num_replicas_in_sync,
+                "precision_policy": policy,
+                "resumed": resumed,
+                "seconds": round(time.perf_counter() - started, 1),
+            }
+            plot_history(history, run_dir / "curves.png")
+            write_json(run_dir / runs.FINISHED_FILE, metrics)
+            shutil.rmtree(run_dir / runs.BACKUP_DIR, ignore_errors=True)
+        finally:
+            runs.release_run_dir(run_dir)
+    return TrainResult(run_dir=run_dir, model_path=run_dir / runs.MODEL_FILE, metrics=metrics, history=history)
+
+
+def _write_run_files(run_dir: Path, config: Config, config_text: str, train_set: ImageSet, schedules: list[Any], steps_per_epoch: int) -> None:
+    write_text(run_dir / runs.CONFIG_FILE, config_text)
     write_json(run_dir / runs.CLASSES_FILE, {"class_names": list(train_set.class_names), "multilabel": train_set.multilabel})
     size = (config.data.image_size, config.data.image_size)
     save_transform(build_transform(config.augment.train, size), run_dir / "augment_train.yaml")
     save_transform(build_transform(config.augment.eval, size), run_dir / "augment_eval.yaml")
+    stages = plan_stages(config)
+    plot_lr_schedule([(s.name, sched, s.epochs) for s, sched in zip(stages, schedules, strict=True)], steps_per_epoch, run_dir / "lr_schedule.png")
 
-    train_ds = make_tf_dataset(train_set, config.data, config.augment.train, training=True, seed=config.seed, cache=train_cache)
-    val_ds = make_tf_dataset(val_set, config.data, config.augment.eval, training=False, seed=config.seed, cache=val_cache)
-    steps_per_epoch = math.ceil(len(train_set) / config.data.batch_size)
-    compile_model(model, config, steps_per_epoch, train_set.multilabel)
 
+def _fit_stages(
+    model: keras.Model,
+    config: Config,
+    stages: list[Stage],
+    schedules: list[Any],
+    run_dir: Path,
+    strategy: tf.distribute.Strategy,
+    weights: dict[int, float] | None,
+    train_set: ImageSet,
+    val_set: ImageSet,
+    train_cache: np.ndarray | None,
+    val_cache: np.ndarray | None,
+    extra_callbacks: Sequence[keras.callbacks.Callback],
+) -> dict[str, int]:
+    """Run each stage not finished yet (a resumed run skips finished ones); returns epochs per stage."""
+    backup = run_dir / runs.BACKUP_DIR
+    backup.mkdir(exist_ok=True)
     model_path = run_dir / runs.MODEL_FILE
-    checkpoint = BestModelCheckpoint(model_path, monitor=config.train.monitor)
-    callbacks: list[keras.callbacks.Callback] = [checkpoint, keras.callbacks.CSVLogger(str(run_dir / "history.csv"))]
-    if config.train.early_stopping_patience > 0:
-        callbacks.append(
-            keras.callbacks.EarlyStopping(config.train.monitor, patience=config.train.early_stopping_patience, mode=monitor_mode(config.train.monitor))
+    checkpoint = BestModelCheckpoint(model_path, monitor=config.train.monitor, state_path=backup / "best.json")
+    # Several replicas: Keras 3.15's fit/evaluate under MirroredStrategy fail on a short last batch that splits
+    # unevenly (AddN shape error), so whole batches only; the final metrics (predict) still use every image.
+    whole = strategy.num_replicas_in_sync > 1
+    if whole and min(len(train_set), len(val_set)) < config.data.batch_size:
+        raise ValueError(
+            f"with {strategy.num_replicas_in_sync} replicas every batch must be whole, and the training or validation set "
+            f"is smaller than one batch of {config.data.batch_size}. Fix: lower data.batch_size."
         )
-    fit = model.fit(train_ds, validation_data=val_ds, epochs=config.train.epochs, callbacks=callbacks, verbose=config.train.verbose, shuffle=False)  # the dataset shuffles
-    history = {k: [float(v) for v in vals] for k, vals in fit.history.items()}
+    if whole and len(val_set) % config.data.batch_size:
+        left_out = len(val_set) % config.data.batch_size
+        log.info("%d validation images are left out of the per-epoch scores (whole batches on %d replicas)", left_out, strategy.num_replicas_in_sync)
+    train_ds = make_tf_dataset(train_set, config.data, config.augment.train, training=True, seed=config.seed, cache=train_cache, drop_remainder=whole)
+    val_ds = make_tf_dataset(val_set, config.data, config.augment.eval, training=False, seed=config.seed, cache=val_cache, drop_remainder=whole)
+    if isinstance(strategy, tf.distribute.MultiWorkerMirroredStrategy):
+        options = tf.data.Options()
+        options.experimental_distribute.auto_shard_policy = tf.data.experimental.AutoShardPolicy.DATA
+        train_ds, val_ds = train_ds.with_options(options), val_ds.with_options(options)
 
-    best = keras.saving.load_model(model_path, safe_mode=True)
-    probs = predict_probs(best, val_set, config, cache=val_cache, verbose=0)
-    metrics: dict[str, Any] = {
-        "val": classification_metrics(val_set.labels, probs, val_set.multilabel),
-        "best_epoch": checkpoint.best_epoch,
-        "epochs_run": len(history.get("loss", [])),
-        "monitor": {config.train.monitor: checkpoint.best},
-        "train_images": len(train_set),
-        "val_images": len(val_set),
-        "skipped_images": sorted(set(train_set.skipped) | set(val_set.skipped)),
-        "seconds": round(time.perf_counter() - started, 1),
-    }
-    write_json(run_dir / "metrics.json", metrics)
-    plot_history(history, run_dir / "curves.png")
-    return TrainResult(run_dir=run_dir, model_path=model_path, metrics=metrics, history=history)
+    epoch, stage_epochs = 0, {}
+    for stage, schedule in zip(stages, schedules, strict=True):
+        done = backup / f"{stage.name}.done.json"
+        if done.is_file():  # finished before an interruption in a later stage
+            last = json.loads(done.read_text())["last_epoch"]
+            stage_epochs[stage.name], epoch = last - epoch, last
+            continue
+        set_trainable(model, stage, config)
+        if stage.name != "train" and model_path.is_file():
+            model.load_weights(model_path)  # stage 2 starts from the best weights of stage 1
+        with strategy.scope():
+            compile_model(model, config, schedule, train_set.multilabel)
+        history = HistoryCSV(run_dir / "history.csv", stage.name)
+        callbacks = [*_stage_callbacks(config, stage, run_dir, checkpoint, history), *extra_callbacks]
+        check_plateau_callbacks(callbacks, model.optimizer, stage.schedule.name)
+        model._initial_epoch = None  # a restore in an earlier stage's fit must not carry over (Keras keeps it on the model)
+        model.fit(
+            train_ds,
+            validation_data=val_ds,
+            initial_epoch=epoch,
+            epochs=epoch + stage.epochs,
+            class_weight=weights,
+            callbacks=callbacks,
+            verbose=config.train.verbose,
+            shuffle=False,  # the dataset shuffles
+        )
+        last = history.last_epoch or epoch
+        stage_epochs[stage.name], epoch = last - epoch, last
+    return stage_epochs

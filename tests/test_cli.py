@@ -34,11 +34,12 @@ def test_train_evaluate_predict(tiny_config: Config, csv_dataset: Path, tmp_path
     assert (run / "model.keras").is_file()
 
     assert main(["evaluate", str(run)]) == 0
-    assert json.loads((run / "evaluation.json").read_text())["num_images"] == 6
+    assert json.loads((run / "evaluation-val" / "metrics.json").read_text())["num_images"] == 6
+    assert {"per_class.csv", "confusion_matrix.png", "mistakes.png"} <= {p.name for p in (run / "evaluation-val").iterdir()}
     assert main(["evaluate", str(run)]) == 2  # exists: needs --force
-    assert "already exists" in capsys.readouterr().err
-    assert main(["evaluate", str(run), "--data", str(tiny_config.data.train), "--output", str(tmp_path / "all.json")]) == 0
-    assert json.loads((tmp_path / "all.json").read_text())["num_images"] == 24
+    assert "already holds an evaluation" in capsys.readouterr().err
+    assert main(["evaluate", str(run), "--data", str(tiny_config.data.train), "--output", str(tmp_path / "all")]) == 0
+    assert json.loads((tmp_path / "all" / "metrics.json").read_text())["num_images"] == 24
 
     sample = csv_dataset / "sample_submission.csv"
     assert main(["predict", str(run), "--test", str(sample), "--output", str(tmp_path / "sub.csv")]) == 0

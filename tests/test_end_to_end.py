@@ -59,3 +59,20 @@ def test_flowers_with_cache(tmp_path: Path) -> None:
     result = train(load_config(overrides=_overrides(tmp_path, f"data.train={root}", "data.cache=true", "data.image_size=32", "train.epochs=8")))
     assert result.metrics["train_images"] + result.metrics["val_images"] == 4317
     assert result.metrics["val"]["accuracy"] > 0.45  # 5 classes: well above the 0.24 of the largest class
+
+
+def test_finetune_config_on_real_photos(tmp_path: Path) -> None:
+    """configs/finetune.yaml as shipped, on hymenoptera, with a local weights file standing in for ImageNet's."""
+    from app.models.backbones import make_backbone
+
+    root = require_shared("hymenoptera")
+    weights = tmp_path / "b0.weights.h5"
+    make_backbone("efficientnetb0", (64, 64, 3), weights=None).save_weights(weights)
+    overrides = [f"data.train={root / 'train'}", f"data.val={root / 'val'}", "data.image_size=64", f"model.weights={weights}"]
+    overrides += ["train.epochs=2", "finetune.epochs=1", "train.verbose=0", f"output.dir={tmp_path / 'runs'}"]
+    config = load_config(Path(__file__).resolve().parents[1] / "configs" / "finetune.yaml", overrides)
+    result = train(config)
+    assert result.metrics["stage_epochs"] == {"train": 2, "finetune": 1}
+    assert pd.read_csv(result.run_dir / "per_class.csv")["class"].tolist() == ["ants", "bees"]
+    assert main(["evaluate", str(result.run_dir), "--data", str(root / "val")]) == 0
+

@@ -1,0 +1,81 @@
+"""What `model.compile` gets: the optimizer, the loss (with label smoothing) and metrics; and class weights for `fit`."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+
+import keras
+import numpy as np
+from keras import ops
+from sklearn.utils.class_weight import compute_class_weight
+
+from app.schedules import Schedule
+
+OPTIMIZERS = ("adam", "adamw", "sgd")
+NO_DECAY = ["bias", "gamma", "beta"]  # biases and BatchNorm scales/offsets are not weight-decayed (as in timm)
+
+
+def make_optimizer(name: str, learning_rate: float | Schedule, weight_decay: float | None = None, momentum: float = 0.9) -> keras.optimizers.Optimizer:
+    """Adam, AdamW (decoupled weight decay, 0.004 by default) or SGD with Nesterov momentum."""
+    if name == "adam":
+        optimizer = keras.optimizers.Adam(learning_rate, weight_decay=weight_decay or None)
+    elif name == "adamw":
+        optimizer = keras.optimizers.AdamW(learning_rate, weight_decay=0.004 if weight_decay is None else weight_decay)
+    elif name == "sgd":
+        optimizer = keras.optimizers.SGD(learning_rate, momentum=momentum, nesterov=momentum > 0, weight_decay=weight_decay or None)
+    else:
+        raise ValueError(f"unknown optimizer {name!r}. Fix: set train.optimizer to one of {', '.join(OPTIMIZERS)}")
+    if optimizer.weight_decay:
+        optimizer.exclude_from_weight_decay(var_names=NO_DECAY)
+    return optimizer
+
+
+@keras.saving.register_keras_serializable(package="imgclf")
+class SparseCategoricalCrossentropySmoothed(keras.losses.Loss):
+    """Cross-entropy from integer labels with label smoothing (Keras' sparse loss has no smoothing option)."""
+
+    def __init__(self, label_smoothing: float = 0.1, name: str = "sparse_categorical_crossentropy_smoothed", **kwargs):
+        super().__init__(name=name, **kwargs)
+        self.label_smoothing = float(label_smoothing)
+
+    def call(self, y_true, y_pred):
+        onehot = ops.one_hot(ops.cast(ops.reshape(y_true, (-1,)), "int32"), ops.shape(y_pred)[-1], dtype=y_pred.dtype)
+        return keras.losses.categorical_crossentropy(onehot, y_pred, label_smoothing=self.label_smoothing)
+
+    def get_config(self) -> dict:
+        return {**super().get_config(), "label_smoothing": self.label_smoothing}
+
+
+def make_loss_and_metrics(multilabel: bool, label_smoothing: float = 0.0) -> tuple[keras.losses.Loss, list[keras.metrics.Metric]]:
+    """Softmax cross-entropy with accuracy, or per-class binary cross-entropy with accuracy and AUC for multi-label."""
+    if not 0.0 <= label_smoothing < 1.0:
+        raise ValueError(f"train.label_smoothing must be in [0, 1), got {label_smoothing}")
+    if multilabel:
+        return keras.losses.BinaryCrossentropy(label_smoothing=label_smoothing), [
+            keras.metrics.BinaryAccuracy(name="accuracy"),
+            keras.metrics.AUC(multi_label=True, name="auc"),
+        ]
+    loss = SparseCategoricalCrossentropySmoothed(label_smoothing) if label_smoothing else keras.losses.SparseCategoricalCrossentropy()
+    return loss, [keras.metrics.SparseCategoricalAccuracy(name="accuracy")]
+
+
+def class_weights(labels: np.ndarray, class_names: Sequence[str], spec: str | Mapping[str, float] | None, multilabel: bool = False) -> dict[int, float] | None:
+    """`model.fit(class_weight=...)` from the config: None, "balanced" (n / (k * count), scikit-learn's formula)
+    or a {class name: weight} mapping (unlisted classes weigh 1)."""
+    if spec is None:
+        return None
+    if multilabel:
+        raise ValueError("train.class_weight works for single-label data only. Fix: set train.class_weight=null for multi-label sets.")
+    if isinstance(spec, str):
+        if spec != "balanced":
+            raise ValueError(f"train.class_weight={spec!r}: expected balanced, a mapping {{class: weight}}, or null")
+        present = np.unique(labels)
+        weights = compute_class_weight("balanced", classes=present, y=labels)
+        return {int(c): float(w) for c, w in zip(present, weights)}
+    unknown = sorted(set(spec) - set(class_names))
+    if unknown:
+        raise ValueError(f"train.class_weight names unknown class(es) {unknown}. Fix: use the class names {', '.join(class_names)}")
+    bad = {k: v for k, v in spec.items() if not v > 0}
+    if bad:
+        raise ValueError(f"train.class_weight: weights must be > 0, got {bad}")
+    return {i: float(spec.get(name, 1.0)) for i, name in enumerate(class_names)}

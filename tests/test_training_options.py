@@ -1,0 +1,188 @@
+"""Training options: optimizers, label smoothing, class weights, plateau, mixed precision, MirroredStrategy, LR finder."""
+
+from __future__ import annotations
+
+import json
+import logging
+import subprocess
+import sys
+from dataclasses import replace
+from pathlib import Path
+
+import keras
+import numpy as np
+import pandas as pd
+import pytest
+
+from app.cli import main
+from app.config import Config, ScheduleConfig, load_config
+from app.lr_finder import find_lr, suggest_lr
+from app.models import create_model
+from app.optimization import SparseCategoricalCrossentropySmoothed, class_weights, make_optimizer
+from app.training import train
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+@pytest.mark.parametrize("name,cls", [("adam", keras.optimizers.Adam), ("adamw", keras.optimizers.AdamW), ("sgd", keras.optimizers.SGD)])
+def test_optimizers(name: str, cls: type):
+    optimizer = make_optimizer(name, 0.01, weight_decay=None if name == "adamw" else 1e-4, momentum=0.9)
+    assert type(optimizer) is cls and optimizer.weight_decay == pytest.approx(0.004 if name == "adamw" else 1e-4)
+    if name == "sgd":
+        assert optimizer.momentum == 0.9 and optimizer.nesterov
+
+
+def test_biases_and_bn_are_not_weight_decayed():
+    model = create_model("baseline_cnn", input_shape=(16, 16, 3), num_classes=2, blocks=[[4]])
+    optimizer = make_optimizer("adamw", 0.1, weight_decay=0.5)
+    optimizer.build(model.trainable_variables)
+    decayed = {v.name for v in model.trainable_variables if optimizer._use_weight_decay(v)}
+    assert "kernel" in decayed and not decayed & {"bias", "gamma", "beta"}
+
+
+def test_unknown_optimizer():
+    with pytest.raises(ValueError, match="unknown optimizer 'adamax'.*adam, adamw, sgd"):
+        make_optimizer("adamax", 0.1)
+
+
+def test_label_smoothing_loss_equals_keras_categorical_with_smoothing():
+    rng = np.random.default_rng(0)
+    probs = rng.dirichlet(np.ones(5), size=8).astype("float32")
+    labels = rng.integers(0, 5, 8)
+    ours = SparseCategoricalCrossentropySmoothed(0.1)(labels, probs)
+    reference = keras.losses.CategoricalCrossentropy(label_smoothing=0.1)(np.eye(5)[labels], probs)
+    assert float(ours) == pytest.approx(float(reference), rel=1e-6)
+    restored = keras.losses.deserialize(keras.losses.serialize(SparseCategoricalCrossentropySmoothed(0.2)))
+    assert restored.label_smoothing == 0.2
+
+
+def test_class_weights():
+    labels = np.array([0] * 6 + [1] * 2)
+    assert class_weights(labels, ["a", "b"], "balanced") == pytest.approx({0: 8 / (2 * 6), 1: 8 / (2 * 2)})
+    assert class_weights(labels, ["a", "b"], {"b": 3.0}) == {0: 1.0, 1: 3.0}
+    assert class_weights(labels, ["a", "b"], None) is None
+    with pytest.raises(ValueError, match=r"unknown class\(es\) \['c'\]. Fix: use the class names a, b"):
+        class_weights(labels, ["a", "b"], {"c": 2.0})
+    with pytest.raises(ValueError, match="single-label data only"):
+        class_weights(np.zeros((4, 2)), ["a", "b"], "balanced", multilabel=True)
+
+
+def test_train_with_adamw_smoothing_and_class_weights(tiny_config: Config):
+    config = load_config(
+        overrides=["train.optimizer=adamw", "train.label_smoothing=0.1", "train.class_weight=balanced", "train.schedule=one_cycle"], base=tiny_config
+    )
+    result = train(config)
+    assert np.isfinite(result.history["loss"]).all()
+    reloaded = keras.saving.load_model(result.model_path, safe_mode=True)  # custom loss and schedule deserialize
+    assert isinstance(reloaded.loss, SparseCategoricalCrossentropySmoothed)
+
+
+def test_plateau_schedule_reduces_the_rate(tiny_config: Config):
+    config = load_config(
+        overrides=[
+            "augment.train=none",
+            "model.dropout=0.0",
+            "train.learning_rate=1e-7",  # nothing improves by min_delta: a plateau from the first epoch
+            "train.monitor=accuracy",
+            "train.epochs=3",
+            "train.schedule={name: plateau, patience: 1, decay_rate: 0.5}",
+        ],
+        base=tiny_config,
+    )
+    history = pd.read_csv(train(config).run_dir / "history.csv")
+    assert history["learning_rate"].iloc[0] == pytest.approx(1e-7) and history["learning_rate"].iloc[-1] == pytest.approx(5e-8)
+
+
+def test_reduce_on_plateau_with_a_schedule_is_a_clear_error(tiny_config: Config):
+    with pytest.raises(ValueError, match="ReduceLROnPlateau cannot change a learning rate that follows the 'cosine' schedule. Fix"):
+        train(tiny_config, callbacks=[keras.callbacks.ReduceLROnPlateau()])
+
+
+def test_mixed_precision_on_cpu_is_a_note(tiny_config: Config, caplog: pytest.LogCaptureFixture):
+    with caplog.at_level(logging.WARNING):
+        result = train(replace(tiny_config, train=replace(tiny_config.train, mixed_precision=True, epochs=1)))
+    assert "no GPU visible" in caplog.text and result.metrics["precision_policy"] == "float32"
+    assert keras.mixed_precision.global_policy().name == "float32"
+
+
+def test_head_outputs_float32_under_mixed_precision():
+    keras.mixed_precision.set_global_policy("mixed_float16")
+    try:
+        model = create_model("efficientnetb0", input_shape=(32, 32, 3), num_classes=3, weights=None)
+    finally:
+        keras.mixed_precision.set_global_policy("float32")
+    assert model.get_layer("avg_pool").compute_dtype == "float16" and model.output.dtype == "float32"
+
+
+MIRRORED = """
+import json, sys
+import tensorflow as tf
+cpu = tf.config.list_physical_devices("CPU")[0]
+tf.config.set_logical_device_configuration(cpu, [tf.config.LogicalDeviceConfiguration()] * 2)
+from app.config import load_config
+from app.training import train
+config = load_config(overrides=sys.argv[1:])
+print(json.dumps(train(config).metrics))
+"""
+
+
+def test_mirrored_strategy_on_two_logical_cpus(folder_dataset: Path, tmp_path: Path):
+    overrides = [f"data.train={folder_dataset}", "data.image_size=32", "data.batch_size=4", "model.blocks=[[8]]"]
+    overrides += ["train.epochs=2", "train.verbose=0", "train.distribute=mirrored", f"output.dir={tmp_path}"]
+    done = subprocess.run([sys.executable, "-c", MIRRORED, *overrides], cwd=REPO, capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr[-3000:]
+    metrics = json.loads(done.stdout.strip().splitlines()[-1])
+    assert metrics["replicas"] == 2 and metrics["epochs_run"] == 2 and np.isfinite(metrics["val"]["log_loss"])
+
+
+def test_lr_finder_on_a_tiny_problem(tiny_config: Config):
+    result = find_lr(tiny_config, steps=40, start_lr=1e-5, end_lr=10.0)
+    assert 1e-5 <= result.suggested_lr <= 10.0 and np.isfinite(result.suggested_lr)
+    assert len(result.losses) == len(result.learning_rates) >= 3
+    assert np.all(np.diff(result.learning_rates) > 0)
+
+
+def test_suggest_lr_finds_the_steepest_descent():
+    lrs = np.logspace(-6, 0, 61)
+    losses = 2.0 - np.tanh((np.log10(lrs) + 3) * 2)  # steepest at 1e-3, minimum at the end
+    losses[-5:] += np.linspace(0, 4, 5)  # then divergence
+    assert suggest_lr(lrs, losses) == pytest.approx(1e-3, rel=0.3)
+
+
+def test_cli_find_lr_and_plot_lr(tiny_config: Config, tmp_path: Path, capsys: pytest.CaptureFixture[str]):
+    (tmp_path / "c.yaml").write_text(json.dumps({"data": {"train": tiny_config.data.train, "image_size": 32, "batch_size": 8}, "model": {"blocks": [[8]]}}))
+    base = ["-c", str(tmp_path / "c.yaml"), "--set", f"output.dir={tmp_path / 'runs'}"]
+    assert main(["find-lr", *base, "--steps", "20", "--start-lr", "1e-5", "--end-lr", "1"]) == 0
+    assert "suggested learning rate:" in capsys.readouterr().out
+    (run,) = (tmp_path / "runs").iterdir()
+    assert {"config.yaml", "lr_finder.csv", "lr_finder.png", "lr_finder.json"} <= {p.name for p in run.iterdir()}
+
+    png = tmp_path / "lr.png"
+    assert main(["plot-lr", *base, "--set", "train.schedule={name: cosine, warmup_epochs: 1}", "--output", str(png)]) == 0
+    assert png.read_bytes()[:4] == b"\x89PNG" and "3 steps per epoch" in capsys.readouterr().out  # 18 images / 8
+    assert main(["plot-lr", *base, "--output", str(png)]) == 2  # exists: needs --force
+    assert main(["plot-lr", *base, "--set", "train.schedule.warmup_epochs=20", "--output", str(png), "--force"]) == 2
+    assert "warmup of 20 epochs is not shorter than the 20 epochs of training" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize(
+    "override,message",
+    [
+        ("model.name=resnet9", "unknown model 'resnet9'. Fix: set model.name to one of baseline_cnn, vgg16"),
+        ("train.schedule=cosine_annealing", "unknown schedule 'cosine_annealing'"),
+        ("train.distribute=tpu", "unknown train.distribute='tpu'"),
+    ],
+)
+def test_cli_bad_options_are_one_line(tiny_config: Config, tmp_path: Path, capsys: pytest.CaptureFixture[str], override: str, message: str):
+    args = ["train", "--set", f"data.train={tiny_config.data.train}", "--set", f"output.dir={tmp_path}", "--set", override]
+    assert main(args) == 2
+    err = capsys.readouterr().err
+    assert message in err and "Traceback" not in err and len(err.strip().splitlines()) == 1
+
+
+def test_schedule_shorthand_and_overrides():
+    config = load_config(overrides=["train.schedule=step", "train.schedule.decay_epochs=3"])
+    assert config.train.schedule == ScheduleConfig(name="step", decay_epochs=3)
+    config = load_config(overrides=["train.schedule={name: cosine, warmup_epochs: 2}", "train.schedule=polynomial"])
+    assert config.train.schedule.name == "polynomial" and config.train.schedule.warmup_epochs == 2
+    assert load_config(overrides=["train.class_weight={cat: 2}"]).train.class_weight == {"cat": 2.0}
