@@ -4,4 +4,5 @@ import sys
 
 from app.cli import main
 
-sys.exit(main())
+if __name__ == "__main__":  # worker processes (data.workers) import this module again under another name
+    sys.exit(main())

@@ -249,5 +249,5 @@ def main(argv: list[str] | None = None) -> int:
         print(f"error: {message}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
-        print("interrupted", file=sys.stderr)
+        print("interrupted (a train run continues where it stopped when the same command is started again)", file=sys.stderr)
         return 130

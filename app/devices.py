@@ -30,12 +30,17 @@ def make_strategy(mode: str = "auto") -> tf.distribute.Strategy:
     the tests exercise it). The global batch is data.batch_size, split across the replicas."""
     if mode not in DISTRIBUTE:
         raise ValueError(f"unknown train.distribute={mode!r}. Fix: use one of {', '.join(DISTRIBUTE)}")
-    gpus = tf.config.list_logical_devices("GPU")
     if mode == "multiworker" or (mode == "auto" and _tf_config_workers() > 1):
         if _tf_config_workers() == 0:
             raise ValueError("train.distribute=multiworker needs TF_CONFIG describing the cluster. Fix: set TF_CONFIG on every worker, or use mirrored/auto.")
-        strategy: tf.distribute.Strategy = tf.distribute.MultiWorkerMirroredStrategy()
-    elif mode == "mirrored":
+        try:
+            strategy: tf.distribute.Strategy = tf.distribute.MultiWorkerMirroredStrategy()
+        except RuntimeError as exc:  # "Collective ops must be configured at program startup"
+            raise ValueError(f"MultiWorkerMirroredStrategy must be created before TensorFlow runs anything ({exc}). Fix: call train() first in a fresh process.") from None
+        log.info("training on %d replicas (%s)", strategy.num_replicas_in_sync, type(strategy).__name__)
+        return strategy
+    gpus = tf.config.list_logical_devices("GPU")  # initialises the TF runtime: only after the multi-worker case
+    if mode == "mirrored":
         devices = [d.name for d in gpus] or [d.name for d in tf.config.list_logical_devices("CPU")]
         strategy = tf.distribute.MirroredStrategy(devices=devices)
     elif mode == "auto" and len(gpus) > 1:

@@ -113,7 +113,7 @@ def set_trainable(model: keras.Model, stage: Stage, config: Config) -> None:
     if find_backbone(model) is None:
         return
     if stage.name == "finetune":
-        unfrozen = unfreeze_model(model, blocks=stage.unfreeze_blocks, layers_=stage.unfreeze_layers)
+        unfrozen = unfreeze_model(model, blocks=stage.unfreeze_blocks, num_layers=stage.unfreeze_layers)
         log.info("fine-tuning %d backbone layers with weights (BatchNormalization stays frozen)", len(unfrozen))
     elif config.train.freeze_backbone:
         freeze_backbone(model)
@@ -145,6 +145,7 @@ def train(config: Config, callbacks: Sequence[keras.callbacks.Callback] = ()) ->
 
     `callbacks` are added to every stage's `fit` (for notebooks and the tuner)."""
     started = time.perf_counter()
+    strategy = make_strategy(config.train.distribute)  # first: MultiWorkerMirroredStrategy must precede any TF op
     seed_everything(config.seed, config.train.deterministic)
     train_set, val_set = load_train_val(config.data, config.seed)
     train_set, train_cache = prepare(train_set, config.data)
@@ -153,7 +154,6 @@ def train(config: Config, callbacks: Sequence[keras.callbacks.Callback] = ()) ->
     steps_per_epoch = math.ceil(len(train_set) / config.data.batch_size)
     stages = plan_stages(config)
     schedules = stage_schedules(config, steps_per_epoch)
-    strategy = make_strategy(config.train.distribute)
 
     with precision_policy(config.train.mixed_precision) as policy:
         with strategy.scope():

@@ -101,7 +101,7 @@ def test_freeze_then_unfreeze_top_blocks(name: str):
 
 def test_unfreeze_layers_and_all():
     model = create_model("vgg16", input_shape=(SIZE, SIZE, 3), num_classes=3, weights=None)
-    assert unfreeze_model(model, layers_=4) == ["block5_conv1", "block5_conv2", "block5_conv3"]  # + block5_pool, no weights
+    assert unfreeze_model(model, num_layers=4) == ["block5_conv1", "block5_conv2", "block5_conv3"]  # + block5_pool, no weights
     assert len(unfreeze_model(model)) == 13  # every conv layer
 
 
@@ -120,9 +120,9 @@ def test_bn_stays_in_inference_mode_when_unfrozen():
     "kwargs,message",
     [
         ({"blocks": 99}, r"cannot unfreeze 99 blocks: resnet50 has 17 \(stem, conv2_block1, \.\.\., conv5_block3\)"),
-        ({"layers_": 10_000}, r"cannot unfreeze 10000 layers: resnet50 has 175"),
+        ({"num_layers": 10_000}, r"cannot unfreeze 10000 layers: resnet50 has 175"),
         ({"blocks": 0}, "between 1 and 17"),
-        ({"blocks": 1, "layers_": 1}, "not both"),
+        ({"blocks": 1, "num_layers": 1}, "not both"),
     ],
 )
 def test_unfreeze_depth_errors(kwargs: dict, message: str):

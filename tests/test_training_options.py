@@ -129,10 +129,48 @@ print(json.dumps(train(config).metrics))
 def test_mirrored_strategy_on_two_logical_cpus(folder_dataset: Path, tmp_path: Path):
     overrides = [f"data.train={folder_dataset}", "data.image_size=32", "data.batch_size=4", "model.blocks=[[8]]"]
     overrides += ["train.epochs=2", "train.verbose=0", "train.distribute=mirrored", f"output.dir={tmp_path}"]
-    done = subprocess.run([sys.executable, "-c", MIRRORED, *overrides], cwd=REPO, capture_output=True, text=True, timeout=300)
+    done = subprocess.run([sys.executable, "-c", MIRRORED, *overrides], check=False, cwd=REPO, capture_output=True, text=True, timeout=300)
     assert done.returncode == 0, done.stderr[-3000:]
     metrics = json.loads(done.stdout.strip().splitlines()[-1])
     assert metrics["replicas"] == 2 and metrics["epochs_run"] == 2 and np.isfinite(metrics["val"]["log_loss"])
+
+
+MULTIWORKER = """
+import json, os, socket, sys
+sock = socket.socket(); sock.bind(("localhost", 0)); port = sock.getsockname()[1]; sock.close()
+os.environ["TF_CONFIG"] = json.dumps({"cluster": {"worker": [f"localhost:{port}"]}, "task": {"type": "worker", "index": 0}})
+from app.config import load_config
+from app.training import train
+print(json.dumps(train(load_config(overrides=sys.argv[1:])).metrics))
+"""
+
+
+def test_multiworker_strategy_from_tf_config(folder_dataset: Path, tmp_path: Path):
+    """A one-worker cluster in TF_CONFIG: the same code path as several machines, each running this command."""
+    overrides = [f"data.train={folder_dataset}", "data.image_size=32", "data.batch_size=4", "model.blocks=[[8]]"]
+    overrides += ["train.epochs=2", "train.verbose=0", "train.distribute=multiworker", f"output.dir={tmp_path}"]
+    done = subprocess.run([sys.executable, "-c", MULTIWORKER, *overrides], check=False, cwd=REPO, capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert json.loads(done.stdout.strip().splitlines()[-1])["epochs_run"] == 2
+
+
+@pytest.mark.parametrize(
+    "mode,tf_config,message",
+    [
+        ("multiworker", None, "needs TF_CONFIG describing the cluster"),
+        ("auto", "{not json", "TF_CONFIG is not valid JSON"),
+        ("tpu", None, "unknown train.distribute='tpu'"),
+    ],
+)
+def test_strategy_errors(monkeypatch: pytest.MonkeyPatch, mode: str, tf_config: str | None, message: str):
+    from app.devices import make_strategy
+
+    if tf_config is None:
+        monkeypatch.delenv("TF_CONFIG", raising=False)
+    else:
+        monkeypatch.setenv("TF_CONFIG", tf_config)
+    with pytest.raises(ValueError, match=message):
+        make_strategy(mode)
 
 
 def test_lr_finder_on_a_tiny_problem(tiny_config: Config):
@@ -171,10 +209,24 @@ def test_cli_find_lr_and_plot_lr(tiny_config: Config, tmp_path: Path, capsys: py
         ("model.name=resnet9", "unknown model 'resnet9'. Fix: set model.name to one of baseline_cnn, vgg16"),
         ("train.schedule=cosine_annealing", "unknown schedule 'cosine_annealing'"),
         ("train.distribute=tpu", "unknown train.distribute='tpu'"),
+        ("model.name=vgg16,data.image_size=16", "vgg16 needs inputs of at least 32x32 pixels, got 16x16"),
+        ("train.schedule.warmup_epochs=30", "warmup of 30 epochs is not shorter than the 20 epochs of training"),
+        ("model.name=vgg16,finetune.epochs=1,finetune.unfreeze_blocks=9", "cannot unfreeze 9 blocks: vgg16 has 6"),
+        ("model.name=vgg16,model.weights=imagenet", "could not download the ImageNet weights of vgg16"),  # offline, see below
+        ("train.class_weight={wolf: 2}", "train.class_weight names unknown class(es) ['wolf']"),
     ],
 )
-def test_cli_bad_options_are_one_line(tiny_config: Config, tmp_path: Path, capsys: pytest.CaptureFixture[str], override: str, message: str):
-    args = ["train", "--set", f"data.train={tiny_config.data.train}", "--set", f"output.dir={tmp_path}", "--set", override]
+def test_cli_bad_options_are_one_line(
+    tiny_config: Config, tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch, override: str, message: str
+):
+    import keras.src.utils.file_utils as file_utils
+
+    def offline(fname, origin, *args, **kwargs):  # as Keras fails without network, whether or not this machine has one
+        raise Exception(f"URL fetch failure on {origin}: None -- [Errno -2] Name or service not known")
+
+    monkeypatch.setattr(file_utils, "get_file", offline)
+    args = ["train", "--set", f"data.train={tiny_config.data.train}", "--set", f"output.dir={tmp_path}", "--set", "model.weights=null"]
+    args += [a for item in override.split(",") for a in ("--set", item)]
     assert main(args) == 2
     err = capsys.readouterr().err
     assert message in err and "Traceback" not in err and len(err.strip().splitlines()) == 1

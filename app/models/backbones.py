@@ -141,7 +141,8 @@ def _load_local_weights(backbone: keras.Model, path: Path, spec: BackboneSpec) -
         raise ValueError(f"{path}: unsupported weights file type. Fix: pass a .h5, .weights.h5 or .keras file.")
     if suffix == ".keras":
         saved = keras.saving.load_model(path, compile=False, safe_mode=True)
-        source = find_backbone(saved) if find_backbone(saved) is not None else saved
+        inner = find_backbone(saved)  # a model of this toolkit: take its backbone; else the file is a backbone
+        source = inner if inner is not None else saved
         ours, theirs = [tuple(w.shape) for w in backbone.weights], [tuple(w.shape) for w in source.weights]
         if ours != theirs:
             raise _weights_error(path, spec, f"it holds {len(theirs)} weight tensors of other shapes than the {len(ours)} expected")
@@ -247,14 +248,14 @@ def freeze_backbone(model: keras.Model) -> None:
     backbone.trainable = False
 
 
-def unfreeze_model(model: keras.Model, blocks: int | None = None, layers_: int | None = None) -> list[str]:
-    """Stage 2: make the top `blocks` blocks, or the top `layers_` layers, of the backbone trainable (all when both
+def unfreeze_model(model: keras.Model, blocks: int | None = None, num_layers: int | None = None) -> list[str]:
+    """Stage 2: make the top `blocks` blocks, or the top `num_layers` layers, of the backbone trainable (all when both
     are None). BatchNormalization layers stay frozen, so they keep running in inference mode with their ImageNet
     statistics (the keras.io fine-tuning recipe). Returns the names of the layers made trainable."""
     backbone = find_backbone(model)
     if backbone is None:
         raise ValueError(f"model {model.name!r} has no pretrained backbone to unfreeze. Fix: set finetune.epochs=0 for the baseline CNN.")
-    if blocks is not None and layers_ is not None:
+    if blocks is not None and num_layers is not None:
         raise ValueError("set finetune.unfreeze_blocks or finetune.unfreeze_layers, not both")
     all_layers = backbone.layers
     if blocks is not None:
@@ -265,13 +266,13 @@ def unfreeze_model(model: keras.Model, blocks: int | None = None, layers_: int |
                 f"Fix: set finetune.unfreeze_blocks between 1 and {len(groups)}, or leave it unset to unfreeze everything."
             )
         selected = [layer for _, group in groups[-blocks:] for layer in group]
-    elif layers_ is not None:
-        if not 1 <= layers_ <= len(all_layers):
+    elif num_layers is not None:
+        if not 1 <= num_layers <= len(all_layers):
             raise ValueError(
-                f"cannot unfreeze {layers_} layers: {backbone.name} has {len(all_layers)}. "
+                f"cannot unfreeze {num_layers} layers: {backbone.name} has {len(all_layers)}. "
                 f"Fix: set finetune.unfreeze_layers between 1 and {len(all_layers)}, or leave it unset to unfreeze everything."
             )
-        selected = all_layers[-layers_:]
+        selected = all_layers[-num_layers:]
     else:
         selected = all_layers
     chosen = {id(layer) for layer in selected}
