@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import os
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -95,10 +96,41 @@ def prepare(images: ImageSet, cfg: DataConfig) -> tuple[ImageSet, np.ndarray | N
     return images.without(result.ok, result.errors), None if cache is None else cache[result.ok]
 
 
+AUTO_WORKERS_MIN_IMAGES = 2000  # below this, starting worker processes (about 2 s) costs more than it saves
+
+
+def training_workers(cfg: DataConfig, num_images: int) -> int:
+    """Worker processes for a training set: data.workers, or when unset one per usable core for large sets."""
+    if cfg.workers is not None:
+        if cfg.workers < 0:
+            raise DataError(f"data.workers={cfg.workers}: expected 0 (threads in this process), a positive count, or null for automatic")
+        return cfg.workers
+    return len(os.sched_getaffinity(0)) if num_images >= AUTO_WORKERS_MIN_IMAGES else 0
+
+
 def make_tf_dataset(
-    images: ImageSet, cfg: DataConfig, augment: str, *, training: bool, seed: int, cache: np.ndarray | None = None, drop_remainder: bool = False
+    images: ImageSet,
+    cfg: DataConfig,
+    augment: str,
+    *,
+    training: bool,
+    seed: int,
+    cache: np.ndarray | None = None,
+    drop_remainder: bool = False,
+    workers: int = 0,
 ) -> tf.data.Dataset:
-    """Batches for `model.fit` / `predict`: augmented and shuffled when `training`, else in order."""
+    """Batches for `model.fit` / `predict`: augmented and shuffled when `training`, else in order.
+
+    With `workers` > 0 the batches come from worker processes (same batches): close `dataset.worker_pool` when done."""
     size = (cfg.image_size, cfg.image_size)
     transform = build_transform(augment, size)
-    return make_dataset(images, size, cfg.batch_size, transform=transform, shuffle=training, seed=seed, cache=cache, drop_remainder=drop_remainder)
+    return make_dataset(
+        images, size, cfg.batch_size, transform=transform, shuffle=training, seed=seed, cache=cache, drop_remainder=drop_remainder, workers=workers
+    )
+
+
+def close_workers(dataset: tf.data.Dataset) -> None:
+    """Stop the worker processes of a dataset made with workers > 0 (no-op otherwise)."""
+    pool = getattr(dataset, "worker_pool", None)
+    if pool is not None:
+        pool.close()

@@ -5,13 +5,14 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass, field
+from typing import Any
 
 import keras
 import numpy as np
 
 from app.atomic import atomic_write
 from app.config import Config
-from app.data import load_train_val, make_tf_dataset, prepare
+from app.data import close_workers, load_train_val, make_tf_dataset, prepare, training_workers
 from app.optimization import class_weights
 from app.plots import plt  # pyplot on the headless backend
 from app.training import Stage, build_model, compile_model, seed_everything, set_trainable
@@ -52,8 +53,16 @@ def find_lr(config: Config, steps: int = 100, start_lr: float = 1e-7, end_lr: fl
     schedule = keras.optimizers.schedules.ExponentialDecay(start_lr, steps, end_lr / start_lr)  # start * (end/start)^(step/steps)
     compile_model(model, config, schedule, train_set.multilabel)
     weights = class_weights(train_set.labels, train_set.class_names, config.train.class_weight, train_set.multilabel)
-    dataset = make_tf_dataset(train_set, config.data, config.augment.train, training=True, seed=config.seed, cache=cache).repeat()
+    workers = training_workers(config.data, len(train_set))
+    source = make_tf_dataset(train_set, config.data, config.augment.train, training=True, seed=config.seed, cache=cache, workers=workers)
+    try:
+        return _range_test(model, schedule, source.repeat(), weights, steps, beta, diverge)
+    finally:
+        close_workers(source)
 
+
+def _range_test(model: keras.Model, schedule: Any, dataset: Any, weights: dict[int, float] | None, steps: int, beta: float, diverge: float) -> LRFinderResult:
+    """Train batch by batch, recording the loss at each rate, until `steps` or divergence."""
     lrs, losses, smoothed = [], [], []
     average, best, stopped = 0.0, math.inf, False
     for step, (x, y) in enumerate(dataset.take(steps)):

@@ -32,7 +32,7 @@ from app import runs
 from app.atomic import write_json, write_text
 from app.callbacks import BestModelCheckpoint, HistoryCSV, check_plateau_callbacks, monitor_mode
 from app.config import Config, ScheduleConfig, dump_config
-from app.data import load_train_val, make_tf_dataset, prepare
+from app.data import close_workers, load_train_val, make_tf_dataset, prepare, training_workers
 from app.devices import make_strategy, precision_policy
 from app.models import create_model, is_backbone
 from app.models.backbones import find_backbone, freeze_backbone, unfreeze_model
@@ -216,7 +216,7 @@ def _fit_stages(
     val_cache: np.ndarray | None,
     extra_callbacks: Sequence[keras.callbacks.Callback],
 ) -> dict[str, int]:
-    """Run each stage not finished yet (a resumed run skips finished ones); returns epochs per stage."""
+    """Make the datasets, then run each stage not finished yet (a resumed run skips finished ones); returns epochs per stage."""
     backup = run_dir / runs.BACKUP_DIR
     backup.mkdir(exist_ok=True)
     model_path = run_dir / runs.MODEL_FILE
@@ -232,13 +232,39 @@ def _fit_stages(
     if whole and len(val_set) % config.data.batch_size:
         left_out = len(val_set) % config.data.batch_size
         log.info("%d validation images are left out of the per-epoch scores (whole batches on %d replicas)", left_out, strategy.num_replicas_in_sync)
-    train_ds = make_tf_dataset(train_set, config.data, config.augment.train, training=True, seed=config.seed, cache=train_cache, drop_remainder=whole)
     val_ds = make_tf_dataset(val_set, config.data, config.augment.eval, training=False, seed=config.seed, cache=val_cache, drop_remainder=whole)
+    workers = training_workers(config.data, len(train_set))
+    train_ds = make_tf_dataset(
+        train_set, config.data, config.augment.train, training=True, seed=config.seed, cache=train_cache, drop_remainder=whole, workers=workers
+    )
+    fed_ds = train_ds
     if isinstance(strategy, tf.distribute.MultiWorkerMirroredStrategy):
         options = tf.data.Options()
         options.experimental_distribute.auto_shard_policy = tf.data.experimental.AutoShardPolicy.DATA
-        train_ds, val_ds = train_ds.with_options(options), val_ds.with_options(options)
+        fed_ds, val_ds = train_ds.with_options(options), val_ds.with_options(options)
+    try:
+        return _run_stages(model, config, stages, schedules, run_dir, strategy, weights, fed_ds, val_ds, extra_callbacks, checkpoint, train_set.multilabel)
+    finally:
+        close_workers(train_ds)
 
+
+def _run_stages(
+    model: keras.Model,
+    config: Config,
+    stages: list[Stage],
+    schedules: list[Any],
+    run_dir: Path,
+    strategy: tf.distribute.Strategy,
+    weights: dict[int, float] | None,
+    train_ds: tf.data.Dataset,
+    val_ds: tf.data.Dataset,
+    extra_callbacks: Sequence[keras.callbacks.Callback],
+    checkpoint: BestModelCheckpoint,
+    multilabel: bool,
+) -> dict[str, int]:
+    """One `fit` per stage not finished yet; epochs are numbered across stages."""
+    backup = run_dir / runs.BACKUP_DIR
+    model_path = run_dir / runs.MODEL_FILE
     epoch, stage_epochs = 0, {}
     for stage, schedule in zip(stages, schedules, strict=True):
         done = backup / f"{stage.name}.done.json"
@@ -250,7 +276,7 @@ def _fit_stages(
         if stage.name != "train" and model_path.is_file():
             model.load_weights(model_path)  # stage 2 starts from the best weights of stage 1
         with strategy.scope():
-            compile_model(model, config, schedule, train_set.multilabel)
+            compile_model(model, config, schedule, multilabel)
         history = HistoryCSV(run_dir / "history.csv", stage.name)
         callbacks = [*_stage_callbacks(config, stage, run_dir, checkpoint, history), *extra_callbacks]
         check_plateau_callbacks(callbacks, model.optimizer, stage.schedule.name)

@@ -1,0 +1,352 @@
+"""Input-pipeline benchmark: img/s of five ways to feed augmented images to Keras, against the hardware limit.
+
+    .venv/bin/python benchmarks/pipeline.py                  # 32 and 224 px, all cores; JSON in benchmarks/results/
+    .venv/bin/python benchmarks/pipeline.py --quick          # fewer images and repeats (a smoke run)
+    .venv/bin/python benchmarks/pipeline.py --images-dir ../shared/data/flowers/daisy   # real JPEGs instead
+
+Measured in one run, on the same image files and the same Albumentations transform (the project's `medium` preset):
+
+  limit      cores x A, where A is the rate of the pipeline's own per-image work in a plain loop pinned to one core:
+             read + decode + augment into a uint8 array ("files"), or augment alone from decoded, resized images
+             ("cached", the data.cache mode)
+  pydataset  keras.utils.PyDataset + Albumentations, as in courses (threads, `workers` = cores)
+  layers     Keras preprocessing layers in tf.data (flip, rotation, zoom, contrast) after tf.io decoding
+  naive      tf.data with one tf.numpy_function per image (parallel map), then batch
+  threads    this project's make_dataset, one call per batch in TensorFlow's threads (data.workers=0)
+  workers    this project's make_dataset with worker processes writing into shared memory (data.workers=cores)
+
+plus: small-CNN fit throughput from in-memory arrays (F) and fed by `workers` with augmentation (32 px); scaling of
+`workers` pinned to one core vs all cores (cached); peak RSS for N and 10 N images (files, no cache).
+Every figure is the median of --repeats passes after a warm-up pass; tf.data autotuning is off and parallelism set
+to the core count (autotune here sometimes locks onto a 20 ms-per-batch rhythm).
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import json
+import os
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Callable, Iterable, Iterator
+from pathlib import Path
+
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+import numpy as np  # noqa: E402
+
+CORES = len(os.sched_getaffinity(0))
+
+
+@contextlib.contextmanager
+def pinned(cpus: set[int]) -> Iterator[None]:
+    """Run the block (and processes started in it) on `cpus` only."""
+    before = os.sched_getaffinity(0)
+    os.sched_setaffinity(0, cpus)
+    try:
+        yield
+    finally:
+        os.sched_setaffinity(0, before)
+
+
+def make_jpegs(folder: Path, count: int, size: tuple[int, int] = (320, 240), seed: int = 0) -> list[str]:
+    """Synthetic photos: smooth colour fields with shapes and noise, JPEG quality 90 (decoding cost like a photo)."""
+    import cv2
+
+    rng = np.random.default_rng(seed)
+    folder.mkdir(parents=True, exist_ok=True)
+    paths = []
+    for i in range(count):
+        base = cv2.resize(rng.integers(0, 256, (6, 8, 3), dtype=np.uint8), size, interpolation=cv2.INTER_CUBIC)
+        for _ in range(4):
+            center = (int(rng.integers(0, size[0])), int(rng.integers(0, size[1])))
+            cv2.circle(base, center, int(rng.integers(10, 80)), [int(c) for c in rng.integers(0, 256, 3)], -1)
+        image = np.clip(base.astype(np.int16) + rng.normal(0, 12, base.shape), 0, 255).astype(np.uint8)
+        path = folder / f"{i:05d}.jpg"
+        cv2.imwrite(str(path), image, [cv2.IMWRITE_JPEG_QUALITY, 90])
+        paths.append(str(path))
+    return paths
+
+
+def rate(passes: Callable[[], int], repeats: int) -> float:
+    """Median images per second over `repeats` timed passes, after one warm-up pass."""
+    passes()
+    rates = []
+    for _ in range(repeats):
+        start = time.perf_counter()
+        count = passes()
+        rates.append(count / (time.perf_counter() - start))
+    return statistics.median(rates)
+
+
+def count_batches(batches: Iterable) -> int:
+    total = 0
+    for batch in batches:
+        x = batch[0] if isinstance(batch, tuple) else batch
+        total += int(x.shape[0])
+    return total
+
+
+def no_autotune(dataset):
+    import tensorflow as tf
+
+    options = tf.data.Options()
+    options.autotune.enabled = False
+    return dataset.with_options(options)
+
+
+def measure_modes(size: int, paths: list[str], batch: int, repeats: int, workers: int) -> dict:
+    import albumentations as A
+    import keras
+    import tensorflow as tf
+
+    from pipelines.augment import build_transform
+    from pipelines.images import read_image
+    from pipelines.sources import ImageSet
+    from pipelines.tfdata import decode_all, make_dataset
+
+    shape = (size, size)
+    transform = build_transform("medium", shape)
+    images = ImageSet(paths=list(paths), ids=[Path(p).stem for p in paths], class_names=("a", "b"), labels=np.arange(len(paths)) % 2, multilabel=False)
+    cache, _ = decode_all(paths, shape)
+    results: dict = {}
+
+    def single_core(mode: str) -> float:
+        def loop() -> int:
+            out = np.empty((len(paths), size, size, 3), np.uint8)
+            for i, path in enumerate(paths):
+                image = cache[i] if mode == "cached" else read_image(path, 2 * size)
+                out[i] = transform(image=image)["image"]
+            return len(paths)
+
+        with pinned({min(os.sched_getaffinity(0))}):
+            return rate(loop, repeats)
+
+    class CourseDataset(keras.utils.PyDataset):
+        def __init__(self, mode: str, **kwargs):
+            super().__init__(**kwargs)
+            self.mode = mode
+
+        def __len__(self) -> int:
+            return (len(paths) + batch - 1) // batch
+
+        def __getitem__(self, index: int):
+            rows = range(index * batch, min((index + 1) * batch, len(paths)))
+            local = A.Compose(transform.transforms)  # per call: Albumentations transforms are not thread-safe
+            x = np.stack([local(image=cache[i] if self.mode == "cached" else read_image(paths[i], 2 * size))["image"] for i in rows])
+            return x, images.labels[list(rows)]
+
+    def pydataset(mode: str) -> float:
+        from keras.src.trainers.data_adapters.py_dataset_adapter import PyDatasetAdapter
+
+        adapter = PyDatasetAdapter(CourseDataset(mode, workers=CORES, use_multiprocessing=False, max_queue_size=2 * CORES), shuffle=False)
+        return rate(lambda: count_batches(adapter.get_numpy_iterator()), repeats)
+
+    augment_layers = keras.Sequential(
+        [keras.layers.RandomFlip("horizontal"), keras.layers.RandomRotation(0.05), keras.layers.RandomZoom(0.1), keras.layers.RandomContrast(0.2)]
+    )
+
+    def layers(mode: str) -> float:
+        if mode == "cached":
+            ds = tf.data.Dataset.from_tensor_slices(cache)
+        else:
+            def decode(path):
+                image = tf.io.decode_jpeg(tf.io.read_file(path), channels=3)
+                return tf.cast(tf.image.resize(image, shape, antialias=True), tf.uint8)
+
+            ds = tf.data.Dataset.from_tensor_slices(paths).map(decode, num_parallel_calls=CORES)
+        ds = ds.batch(batch).map(lambda x: tf.cast(augment_layers(tf.cast(x, tf.float32), training=True), tf.uint8), num_parallel_calls=CORES)
+        ds = no_autotune(ds.prefetch(2))
+        return rate(lambda: count_batches(ds), repeats)
+
+    def naive(mode: str) -> float:
+        def one(index):
+            i = int(index)
+            image = cache[i] if mode == "cached" else read_image(paths[i], 2 * size)
+            return transform(image=image)["image"]
+
+        ds = tf.data.Dataset.range(len(paths)).map(lambda i: tf.ensure_shape(tf.numpy_function(one, [i], tf.uint8), (size, size, 3)), num_parallel_calls=CORES)
+        ds = no_autotune(ds.batch(batch).prefetch(2))
+        return rate(lambda: count_batches(ds), repeats)
+
+    def project(mode: str, n_workers: int) -> float:
+        base = make_dataset(images, shape, batch, transform=transform, shuffle=True, seed=0, cache=cache if mode == "cached" else None,
+                            workers=n_workers, num_parallel_calls=max(CORES, 2 * n_workers))
+        ds = no_autotune(base)
+        try:
+            return rate(lambda: count_batches(ds), repeats)
+        finally:
+            if n_workers:
+                base.worker_pool.close()
+
+    for mode in ("files", "cached"):
+        a = single_core(mode)
+        row = {"A_single_core": a, "limit": CORES * a}
+        row["pydataset"] = pydataset(mode)
+        row["layers"] = layers(mode)
+        row["naive"] = naive(mode)
+        row["threads"] = project(mode, 0)
+        row["workers"] = project(mode, workers)
+        row["P1_workers_over_limit"] = row["workers"] / row["limit"]
+        row["P3_workers_over_pydataset"] = row["workers"] / row["pydataset"]
+        results[mode] = row
+        print(f"  {size}px {mode:6s} " + "  ".join(f"{k}={v:,.0f}" if v > 10 else f"{k}={v:.2f}" for k, v in row.items()), flush=True)
+    return results
+
+
+def measure_scaling(size: int, paths: list[str], batch: int, repeats: int) -> dict:
+    """P1b: the cached-mode `workers` pipeline pinned to one core with 1 worker vs all cores with one per core."""
+    import tensorflow as tf  # noqa: F401
+
+    from pipelines.augment import build_transform
+    from pipelines.sources import ImageSet
+    from pipelines.tfdata import decode_all, make_dataset
+
+    shape = (size, size)
+    transform = build_transform("medium", shape)
+    images = ImageSet(paths=list(paths), ids=[Path(p).stem for p in paths], class_names=("a", "b"), labels=np.arange(len(paths)) % 2, multilabel=False)
+    cache, _ = decode_all(paths, shape)
+
+    def run(n_workers: int) -> float:
+        base = make_dataset(images, shape, batch, transform=transform, shuffle=True, seed=0, cache=cache, workers=n_workers, num_parallel_calls=2 * n_workers)
+        ds = no_autotune(base)
+        try:
+            return rate(lambda: count_batches(ds), repeats)
+        finally:
+            base.worker_pool.close()
+
+    with pinned({min(os.sched_getaffinity(0))}):
+        one = run(1)
+    every = run(CORES)
+    return {"one_core": one, "all_cores": every, "speedup": every / one, "P1b_speedup_over_cores": every / one / CORES}
+
+
+def measure_fit(paths: list[str], batch: int, repeats: int, workers: int) -> dict:
+    """P2: small CNN at 32 px, fit rate from in-memory arrays (F) vs fed by the `workers` pipeline with augmentation."""
+    import keras
+
+    from app.models import create_model
+    from pipelines.augment import build_transform
+    from pipelines.sources import ImageSet
+    from pipelines.tfdata import decode_all, make_dataset
+
+    shape = (32, 32)
+    transform = build_transform("medium", shape)
+    images = ImageSet(paths=list(paths), ids=[Path(p).stem for p in paths], class_names=("a", "b"), labels=np.arange(len(paths)) % 2, multilabel=False)
+    cache, _ = decode_all(paths, shape)
+    keras.utils.set_random_seed(0)
+    model = create_model("baseline_cnn", input_shape=(32, 32, 3), num_classes=2, blocks=[[32], [64]])
+    model.compile(optimizer="adam", loss="sparse_categorical_crossentropy")
+
+    def fit_arrays() -> int:
+        model.fit(cache, images.labels, batch_size=batch, epochs=1, verbose=0, shuffle=True)
+        return len(paths)
+
+    f = rate(fit_arrays, repeats)
+    base = make_dataset(images, shape, batch, transform=transform, shuffle=True, seed=0, cache=cache, workers=workers, num_parallel_calls=2 * workers)
+    ds = no_autotune(base)
+
+    def fit_pipeline() -> int:
+        model.fit(ds, epochs=1, verbose=0)
+        return len(paths)
+
+    try:
+        with_aug = rate(fit_pipeline, repeats)
+    finally:
+        base.worker_pool.close()
+    return {"F_arrays": f, "fit_with_augmentation": with_aug}
+
+
+RSS_CHILD = """
+import os, resource, sys
+sys.path.insert(0, sys.argv[1])
+os.environ["TF_CPP_MIN_LOG_LEVEL"] = "2"
+import numpy as np
+from pipelines.augment import build_transform
+from pipelines.sources import ImageSet
+from pipelines.tfdata import make_dataset
+paths = open(sys.argv[2]).read().split() * int(sys.argv[3])
+images = ImageSet(paths=paths, ids=[str(i) for i in range(len(paths))], class_names=("a", "b"), labels=np.arange(len(paths)) % 2, multilabel=False)
+ds = make_dataset(images, (224, 224), 64, transform=build_transform("medium", (224, 224)), shuffle=True, seed=0, workers=int(sys.argv[4]))
+n = sum(int(x.shape[0]) for x, _ in ds)
+if int(sys.argv[4]):
+    ds.worker_pool.close()
+own = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+children = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss
+print(n, own, children)
+"""
+
+
+def measure_rss(paths: list[str], workers: int) -> dict:
+    """P4: peak RSS (KiB) of a process iterating one epoch over N and 10 N images (224 px, files, no cache)."""
+    listing = Path(tempfile.mkstemp(suffix=".txt")[1])
+    listing.write_text("\n".join(paths))
+    out = {}
+    for factor in (1, 10):
+        done = subprocess.run(
+            [sys.executable, "-c", RSS_CHILD, str(Path(__file__).resolve().parents[1]), str(listing), str(factor), str(workers)],
+            capture_output=True, text=True, check=True,
+        )
+        n, own, children = (int(v) for v in done.stdout.split()[-3:])
+        out[f"x{factor}"] = {"images": n, "peak_rss_kib": own, "peak_rss_largest_child_kib": children}  # RUSAGE_CHILDREN: the largest descendant
+    listing.unlink()
+    out["P4_rss_ratio"] = out["x10"]["peak_rss_kib"] / out["x1"]["peak_rss_kib"]
+    out["P4_child_rss_ratio"] = out["x10"]["peak_rss_largest_child_kib"] / max(out["x1"]["peak_rss_largest_child_kib"], 1)
+    return out
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--sizes", type=int, nargs="+", default=[32, 224])
+    parser.add_argument("--images", type=int, default=None, help="synthetic images (default: 2048 at 32 px, 1024 at 224 px)")
+    parser.add_argument("--images-dir", help="use the JPEGs of this folder instead of synthetic ones")
+    parser.add_argument("--batch", type=int, default=64)
+    parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument("--workers", type=int, default=CORES, help="worker processes for the project's pipeline (default: cores)")
+    parser.add_argument("--quick", action="store_true", help="256 images, 1 repeat: checks that the script runs")
+    parser.add_argument("--output", default=str(Path(__file__).resolve().parent / "results" / "pipeline.json"))
+    args = parser.parse_args(argv)
+    repeats = 1 if args.quick else args.repeats
+
+    with tempfile.TemporaryDirectory(prefix="imgclf-bench-") as tmp:
+        if args.images_dir:
+            source = sorted(str(p) for p in Path(args.images_dir).iterdir() if p.suffix.lower() in (".jpg", ".jpeg"))
+        else:
+            source = make_jpegs(Path(tmp) / "jpegs", args.images or (256 if args.quick else 2048))
+        report: dict = {"cores": CORES, "workers": args.workers, "batch": args.batch, "repeats": repeats, "images_dir": args.images_dir, "sizes": {}}
+        print(f"{CORES} cores, {args.workers} workers, batch {args.batch}, median of {repeats}", flush=True)
+        for size in args.sizes:
+            count = args.images or (256 if args.quick else (2048 if size <= 64 else 1024))
+            paths = (source * (count // len(source) + 1))[:count]
+            report["sizes"][str(size)] = {"images": count, **measure_modes(size, paths, args.batch, repeats, args.workers)}
+        small = (source * (2048 // len(source) + 1))[: (256 if args.quick else 2048)]
+        report["scaling_32px_cached"] = measure_scaling(32, small, args.batch, repeats)
+        print(f"  scaling: {report['scaling_32px_cached']}", flush=True)
+        fit = measure_fit(small, args.batch, repeats, args.workers)
+        a = report["sizes"].get("32", {}).get("cached", {}).get("A_single_core")
+        if a:
+            fit["A_cached"] = a
+            fit["cpu_limit"] = 1 / (1 / fit["F_arrays"] + 1 / (CORES * a))
+            fit["P2_fit_over_cpu_limit"] = fit["fit_with_augmentation"] / fit["cpu_limit"]
+        fit["fit_over_F"] = fit["fit_with_augmentation"] / fit["F_arrays"]
+        report["fit_32px"] = fit
+        print(f"  fit: {fit}", flush=True)
+        report["rss_224px_files"] = measure_rss((source * (256 // len(source) + 1))[:256], args.workers)
+        print(f"  rss: {report['rss_224px_files']}", flush=True)
+
+    output = Path(args.output)
+    output.parent.mkdir(parents=True, exist_ok=True)
+    tmp_out = output.with_suffix(".json.tmp")
+    tmp_out.write_text(json.dumps(report, indent=2) + "\n")
+    tmp_out.replace(output)
+    print(f"written: {output}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

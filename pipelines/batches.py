@@ -1,0 +1,107 @@
+"""Batches as NumPy: decode + resize (the in-memory cache) and `BatchLoader`, the per-batch work of the pipeline.
+
+No TensorFlow here: worker processes (pipelines.workers) import this module, and stay light and quick to start.
+"""
+
+from __future__ import annotations
+
+import copy
+import os
+import threading
+from collections.abc import Sequence
+from concurrent.futures import ThreadPoolExecutor
+
+import numpy as np
+
+import pipelines  # noqa: F401
+
+import albumentations as A
+import cv2
+
+from pipelines.errors import DataError, ImageReadError
+from pipelines.images import ImageCheck, read_image
+
+Size = tuple[int, int]
+
+
+def resize(image: np.ndarray, size: Size) -> np.ndarray:
+    """Resize to (height, width) with area interpolation (the right filter for shrinking)."""
+    if image.shape[:2] == tuple(size):
+        return image
+    return cv2.resize(image, (size[1], size[0]), interpolation=cv2.INTER_AREA)
+
+
+def decode_all(paths: Sequence[str], size: Size, workers: int | None = None) -> tuple[np.ndarray, ImageCheck]:
+    """Decode and resize every image into one (N, H, W, 3) uint8 array (the in-memory cache).
+
+    Unreadable files are reported in the returned ImageCheck (their rows stay black), not raised.
+    """
+    out = np.zeros((len(paths), size[0], size[1], 3), dtype=np.uint8)
+    hint = max(size)
+
+    def fill(i: int) -> str | None:
+        try:
+            out[i] = resize(read_image(paths[i], hint), size)
+        except ImageReadError as exc:
+            return str(exc)
+        return None
+
+    with ThreadPoolExecutor(max_workers=workers or min(8, (os.cpu_count() or 1) + 1)) as pool:
+        results = list(pool.map(fill, range(len(paths))))
+    ok = np.array([r is None for r in results], dtype=bool)
+    return out, ImageCheck(ok=ok, errors=tuple(r for r in results if r is not None))
+
+
+class BatchLoader:
+    """Callable (indices, seed) -> uint8 batch; the body of the pipeline's one `tf.numpy_function` per batch."""
+
+    def __init__(self, paths: Sequence[str], image_size: Size, transform: A.BaseCompose | None, cache: np.ndarray | None = None):
+        self.paths = list(paths)
+        self.image_size = (int(image_size[0]), int(image_size[1]))
+        self.transform = transform
+        self.cache = cache
+        self._local = threading.local()
+
+    def without_cache(self) -> BatchLoader:
+        """The same loader without its cache array (worker processes attach the cache from shared memory)."""
+        return BatchLoader(self.paths, self.image_size, self.transform, None)
+
+    def __getstate__(self) -> dict:
+        state = dict(self.__dict__)
+        state.pop("_local")  # thread-local copies of the transform stay with their process
+        return state
+
+    def __setstate__(self, state: dict) -> None:
+        self.__dict__.update(state)
+        self._local = threading.local()
+
+    def _thread_transform(self) -> A.BaseCompose | None:
+        # Albumentations transforms hold their random state: one copy per thread keeps parallel batches independent.
+        if self.transform is None:
+            return None
+        if not hasattr(self._local, "transform"):
+            self._local.transform = copy.deepcopy(self.transform)
+        return self._local.transform
+
+    def load(self, index: int) -> np.ndarray:
+        """One decoded (or cached) image, before augmentation."""
+        if self.cache is not None:
+            return self.cache[index]
+        return read_image(self.paths[index], 2 * max(self.image_size))
+
+    def __call__(self, indices: np.ndarray, seed: np.ndarray | int, out: np.ndarray | None = None) -> np.ndarray:
+        """The batch for these image indices and this seed; written into `out[:len(indices)]` when given."""
+        transform = self._thread_transform()
+        if transform is not None:
+            transform.set_random_seed(int(seed) % (2**32))
+        batch = np.empty((len(indices), *self.image_size, 3), dtype=np.uint8) if out is None else out[: len(indices)]
+        for k, index in enumerate(indices):
+            image = self.load(int(index))
+            image = transform(image=image)["image"] if transform is not None else resize(image, self.image_size)
+            if image.shape != batch.shape[1:] or image.dtype != np.uint8:
+                raise DataError(
+                    f"augmentation returned {image.dtype} {image.shape} for {self.paths[int(index)]}, expected uint8 {batch.shape[1:]}. "
+                    "Fix: end the augmentation pipeline at the model's input size and keep uint8 output."
+                )
+            batch[k] = image
+        return batch

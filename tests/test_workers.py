@@ -1,0 +1,158 @@
+"""Worker processes: the same batches as the in-process path, errors surfaced, clean shutdown, one worker."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from pipelines.augment import build_transform
+from pipelines.errors import DataError
+from pipelines.sources import from_folder
+from pipelines.tfdata import BatchLoader, decode_all, make_dataset
+from pipelines.workers import WorkerPool
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+def _batches(dataset) -> list[tuple[np.ndarray, np.ndarray]]:
+    return [(x.numpy(), y.numpy()) for x, y in dataset]
+
+
+@pytest.mark.parametrize("cached", [False, True])
+@pytest.mark.parametrize("workers", [1, 2])
+def test_workers_yield_exactly_the_in_process_batches(folder_dataset: Path, cached: bool, workers: int):
+    """Same seed -> bit-identical augmented batches and labels, for two epochs, as the reference (threads) path."""
+    images = from_folder(folder_dataset)
+    transform = build_transform("heavy", (32, 32))
+    cache = decode_all(images.paths, (32, 32))[0] if cached else None
+    reference = make_dataset(images, (32, 32), 5, transform=transform, shuffle=True, seed=11, cache=cache)
+    fast = make_dataset(images, (32, 32), 5, transform=transform, shuffle=True, seed=11, cache=cache, workers=workers)
+    try:
+        for _ in range(2):  # the second epoch has other seeds and order: still equal
+            expected, got = _batches(reference), _batches(fast)
+            assert len(expected) == len(got) == 5
+            for (ex, ey), (gx, gy) in zip(expected, got, strict=True):
+                assert gx.dtype == np.uint8 and gx.shape[1:] == (32, 32, 3)
+                np.testing.assert_array_equal(gx, ex)
+                np.testing.assert_array_equal(gy, ey)
+        assert any(not np.array_equal(a[0], b[0]) for a, b in zip(_batches(reference), expected, strict=True))  # augmentation is live
+    finally:
+        fast.worker_pool.close()
+
+
+def test_a_bad_image_is_reported_by_name(folder_dataset: Path):
+    images = from_folder(folder_dataset)
+    bad = Path(images.paths[3])
+    bad.write_bytes(b"not an image")
+    with WorkerPool(BatchLoader(images.paths, (32, 32), None), workers=1, batch_size=8) as pool:
+        with pytest.raises(DataError, match=str(bad)):
+            pool(np.arange(8), 0)
+        assert pool(np.arange(4, 12), 0).shape == (8, 32, 32, 3)  # the pool still works after an error
+
+
+def _alive(pids: list[int]) -> list[int]:
+    alive = []
+    for pid in pids:
+        try:
+            os.kill(pid, 0)
+            with open(f"/proc/{pid}/stat") as f:
+                if f.read().split()[2] != "Z":
+                    alive.append(pid)
+        except (ProcessLookupError, FileNotFoundError):
+            pass
+    return alive
+
+
+def _wait_gone(pids: list[int], seconds: float = 10.0) -> list[int]:
+    deadline = time.monotonic() + seconds
+    while _alive(pids) and time.monotonic() < deadline:
+        time.sleep(0.1)
+    return _alive(pids)
+
+
+def test_close_stops_workers_and_frees_shared_memory(folder_dataset: Path):
+    images = from_folder(folder_dataset)
+    pool = WorkerPool(BatchLoader(images.paths, (32, 32), None), workers=2, batch_size=4)
+    pool(np.arange(4), 0)
+    pids = [p.pid for p in pool.processes]
+    names = [shm.name for shm in pool._shms]
+    pool.close()
+    pool.close()  # twice is fine
+    assert _wait_gone(pids) == []
+    assert not any(Path("/dev/shm", name.lstrip("/")).exists() for name in names)
+    with pytest.raises(RuntimeError, match="closed"):
+        pool(np.arange(4), 0)
+
+
+def test_dropping_the_dataset_stops_its_workers(folder_dataset: Path):
+    import gc
+
+    dataset = make_dataset(from_folder(folder_dataset), (32, 32), 8, workers=2)
+    _batches(dataset)
+    pids = [p.pid for p in dataset.worker_pool.processes]
+    del dataset
+    gc.collect()
+    assert _wait_gone(pids) == []
+
+
+CHILD = """
+import os, sys, time
+import numpy as np
+from pipelines.sources import from_folder
+from pipelines.tfdata import make_dataset
+dataset = make_dataset(from_folder(sys.argv[1]), (32, 32), 4, workers=2)
+next(iter(dataset))
+print(" ".join(str(p.pid) for p in dataset.worker_pool.processes), flush=True)
+if sys.argv[2] == "raise":
+    raise RuntimeError("boom")
+time.sleep(60)
+"""
+
+
+@pytest.mark.parametrize("how", ["raise", "sigint", "sigkill"])
+def test_no_orphans_after_an_exception_ctrl_c_or_kill(folder_dataset: Path, how: str):
+    child = subprocess.Popen([sys.executable, "-c", CHILD, str(folder_dataset), how], cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        pids = [int(p) for p in child.stdout.readline().split()]
+        assert len(pids) == 2 and len(_alive(pids)) == 2
+        if how == "sigint":
+            child.send_signal(signal.SIGINT)
+        elif how == "sigkill":
+            child.kill()
+        child.wait(timeout=60)
+        assert _wait_gone(pids, 15) == []
+    finally:
+        child.kill()
+        child.wait()
+
+
+def test_training_with_workers_gives_the_same_run(tiny_config):
+    """data.workers only changes where batches are made: the same seed gives the same history, and no process is left."""
+    import multiprocessing
+    from dataclasses import replace
+
+    from app.training import train
+
+    threads = train(replace(tiny_config, data=replace(tiny_config.data, workers=0), output=replace(tiny_config.output, name="threads")))
+    workers = train(replace(tiny_config, data=replace(tiny_config.data, workers=2), output=replace(tiny_config.output, name="workers")))
+    assert workers.history == threads.history
+    assert not [p for p in multiprocessing.active_children() if p.name.startswith("imgclf-worker")]
+
+
+def test_automatic_worker_count():
+    from app.config import DataConfig
+    from app.data import AUTO_WORKERS_MIN_IMAGES, training_workers
+
+    cores = len(os.sched_getaffinity(0))
+    assert training_workers(DataConfig(), AUTO_WORKERS_MIN_IMAGES) == cores
+    assert training_workers(DataConfig(), AUTO_WORKERS_MIN_IMAGES - 1) == 0
+    assert training_workers(DataConfig(workers=3), 10) == 3
+    with pytest.raises(DataError, match="data.workers=-2"):
+        training_workers(DataConfig(workers=-2), 10)
