@@ -110,8 +110,21 @@ class WorkerPool:
         worker_loader = loader.without_cache() if loader.cache is not None else loader
         args = (worker_loader, cache_spec, [s.name for s in slot_shms], self.shape, self._tasks, self._results, os.getpid())
         self._processes = [context.Process(target=_worker_main, args=args, daemon=True, name=f"imgclf-worker-{i}") for i in range(workers)]
-        for process in self._processes:
-            process.start()
+        try:
+            for process in self._processes:
+                process.start()  # spawn pickles the loader here: a transform that cannot be pickled fails now
+        except Exception as exc:
+            for process in self._processes:
+                if process.is_alive():
+                    process.terminate()
+            self._views.clear()
+            for shm in self._shms:
+                shm.close()
+                shm.unlink()
+            raise DataError(
+                f"the augmentation pipeline cannot be sent to worker processes ({type(exc).__name__}: {exc}). "
+                "Fix: use transforms that Albumentations can save (no Lambda), or set data.workers=0."
+            ) from None
 
         self._free: queue.Queue[int] = queue.Queue()
         for slot in range(slot_count):

@@ -156,3 +156,12 @@ def test_automatic_worker_count():
     assert training_workers(DataConfig(workers=3), 10) == 3
     with pytest.raises(DataError, match="data.workers=-2"):
         training_workers(DataConfig(workers=-2), 10)
+
+
+def test_a_transform_that_cannot_be_pickled_is_one_clear_error(folder_dataset: Path):
+    import albumentations as A
+
+    images = from_folder(folder_dataset)
+    transform = A.Compose([A.Lambda(image=lambda image, **kwargs: image), A.Resize(32, 32)])
+    with pytest.raises(DataError, match="cannot be sent to worker processes.*data.workers=0"):
+        make_dataset(images, (32, 32), 4, transform=transform, workers=1)
