@@ -164,7 +164,11 @@ def train(config: Config, callbacks: Sequence[keras.callbacks.Callback] = ()) ->
             log.info("%s the run in %s", "resuming" if resumed else "writing", run_dir)
             if not resumed:
                 _write_run_files(run_dir, config, config_text, train_set, schedules, steps_per_epoch)
-            fit_history = _fit_stages(model, config, stages, schedules, run_dir, strategy, weights, train_set, val_set, train_cache, val_cache, callbacks)
+            train_ds, fed_ds, val_ds = _make_datasets(config, strategy, train_set, val_set, train_cache, val_cache)
+            try:
+                fit_history = _run_stages(model, config, stages, schedules, run_dir, strategy, weights, fed_ds, val_ds, callbacks, train_set.multilabel)
+            finally:
+                close_workers(train_ds)  # worker processes, if any, stop here rather than at garbage collection
             history = _read_history(run_dir / "history.csv")
             best = keras.saving.load_model(run_dir / runs.MODEL_FILE, safe_mode=True)
             probs = predict_probs(best, val_set, config, cache=val_cache, verbose=0)
@@ -202,25 +206,10 @@ def _write_run_files(run_dir: Path, config: Config, config_text: str, train_set:
     plot_lr_schedule([(s.name, sched, s.epochs) for s, sched in zip(stages, schedules, strict=True)], steps_per_epoch, run_dir / "lr_schedule.png")
 
 
-def _fit_stages(
-    model: keras.Model,
-    config: Config,
-    stages: list[Stage],
-    schedules: list[Any],
-    run_dir: Path,
-    strategy: tf.distribute.Strategy,
-    weights: dict[int, float] | None,
-    train_set: ImageSet,
-    val_set: ImageSet,
-    train_cache: np.ndarray | None,
-    val_cache: np.ndarray | None,
-    extra_callbacks: Sequence[keras.callbacks.Callback],
-) -> dict[str, int]:
-    """Make the datasets, then run each stage not finished yet (a resumed run skips finished ones); returns epochs per stage."""
-    backup = run_dir / runs.BACKUP_DIR
-    backup.mkdir(exist_ok=True)
-    model_path = run_dir / runs.MODEL_FILE
-    checkpoint = BestModelCheckpoint(model_path, monitor=config.train.monitor, state_path=backup / "best.json")
+def _make_datasets(
+    config: Config, strategy: tf.distribute.Strategy, train_set: ImageSet, val_set: ImageSet, train_cache: np.ndarray | None, val_cache: np.ndarray | None
+) -> tuple[tf.data.Dataset, tf.data.Dataset, tf.data.Dataset]:
+    """(training set as made, training set as fed to fit, validation set). Close the first's workers when done."""
     # Several replicas: Keras 3.15's fit/evaluate under MirroredStrategy fail on a short last batch that splits
     # unevenly (AddN shape error), so whole batches only; the final metrics (predict) still use every image.
     whole = strategy.num_replicas_in_sync > 1
@@ -242,10 +231,7 @@ def _fit_stages(
         options = tf.data.Options()
         options.experimental_distribute.auto_shard_policy = tf.data.experimental.AutoShardPolicy.DATA
         fed_ds, val_ds = train_ds.with_options(options), val_ds.with_options(options)
-    try:
-        return _run_stages(model, config, stages, schedules, run_dir, strategy, weights, fed_ds, val_ds, extra_callbacks, checkpoint, train_set.multilabel)
-    finally:
-        close_workers(train_ds)
+    return train_ds, fed_ds, val_ds
 
 
 def _run_stages(
@@ -259,12 +245,14 @@ def _run_stages(
     train_ds: tf.data.Dataset,
     val_ds: tf.data.Dataset,
     extra_callbacks: Sequence[keras.callbacks.Callback],
-    checkpoint: BestModelCheckpoint,
     multilabel: bool,
 ) -> dict[str, int]:
-    """One `fit` per stage not finished yet; epochs are numbered across stages."""
+    """One `fit` per stage not finished yet (a resumed run skips finished ones); returns epochs per stage,
+    numbered across stages."""
     backup = run_dir / runs.BACKUP_DIR
+    backup.mkdir(exist_ok=True)
     model_path = run_dir / runs.MODEL_FILE
+    checkpoint = BestModelCheckpoint(model_path, monitor=config.train.monitor, state_path=backup / "best.json")
     epoch, stage_epochs = 0, {}
     for stage, schedule in zip(stages, schedules, strict=True):
         done = backup / f"{stage.name}.done.json"
