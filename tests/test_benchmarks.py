@@ -23,6 +23,7 @@ def test_pipeline_benchmark_quick_run(tmp_path: Path):
     for mode in ("files", "cached"):
         row = report["sizes"]["32"][mode]
         assert {"A_single_core", "limit", "pydataset", "layers", "naive", "threads", "workers", "P1_workers_over_limit", "P3_workers_over_pydataset"} <= set(row)
-        assert all(value > 0 for value in row.values())
+        assert all(value > 0 for key, value in row.items() if key != "rounds")
+        assert all(len(values) == report["repeats"] for values in row["rounds"].values())
     assert report["scaling_32px_cached"]["speedup"] > 0 and report["fit_32px"]["P2_fit_over_cpu_limit"] > 0
     assert report["rss_224px_files"]["x10"]["images"] == 10 * report["rss_224px_files"]["x1"]["images"]

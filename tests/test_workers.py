@@ -165,3 +165,56 @@ def test_a_transform_that_cannot_be_pickled_is_one_clear_error(folder_dataset: P
     transform = A.Compose([A.Lambda(image=lambda image, **kwargs: image), A.Resize(32, 32)])
     with pytest.raises(DataError, match="cannot be sent to worker processes.*data.workers=0"):
         make_dataset(images, (32, 32), 4, transform=transform, workers=1)
+
+
+def test_a_worker_killed_mid_run_is_an_error_not_a_hang(folder_dataset: Path):
+    images = from_folder(folder_dataset)
+    with WorkerPool(BatchLoader(images.paths, (32, 32), None), workers=2, batch_size=4) as pool:
+        pool(np.arange(4), 0)
+        victim = pool.processes[1]
+        os.kill(victim.pid, signal.SIGKILL)
+        victim.join(timeout=10)
+        start = time.monotonic()
+        with pytest.raises(DataError, match=rf"{victim.name} .*exit code -9.*data.workers"):
+            for _ in range(20):  # the surviving worker may serve a few batches before a call notices
+                pool(np.arange(4), 0)
+                time.sleep(0.2)
+        assert time.monotonic() - start < 30
+        with pytest.raises(DataError, match="died"):  # and the pool stays failed: no batch from a half-written slot
+            pool(np.arange(4), 0)
+
+
+UNGUARDED_SCRIPT = """
+import sys
+from pipelines.sources import from_folder
+from pipelines.tfdata import make_dataset
+dataset = make_dataset(from_folder(sys.argv[1]), (32, 32), 4, workers=1)
+next(iter(dataset))
+"""
+
+
+def test_a_script_without_main_guard_gets_the_fix_not_a_spawn_loop(folder_dataset: Path, tmp_path: Path):
+    """spawn re-imports the user's script in each worker: without `if __name__ == '__main__'` that would start workers again."""
+    script = tmp_path / "unguarded.py"
+    script.write_text(UNGUARDED_SCRIPT)
+    env = {**os.environ, "PYTHONPATH": str(REPO)}
+    done = subprocess.run([sys.executable, str(script), str(folder_dataset)], cwd=tmp_path, env=env, capture_output=True, text=True, timeout=120)
+    assert done.returncode != 0
+    assert "if __name__ == '__main__':" in done.stderr and "data.workers=0" in done.stderr
+
+
+def test_too_little_shared_memory_is_one_clear_error_before_any_process_starts(folder_dataset: Path, monkeypatch):
+    """A full /dev/shm (Docker's default is 64 MB) would kill the process with SIGBUS mid-epoch: refuse up front."""
+    import shutil
+
+    import pipelines.workers as workers_module
+
+    if not os.path.isdir(workers_module._SHM_DIR):
+        pytest.skip("no /dev/shm on this system")
+    monkeypatch.setattr(shutil, "disk_usage", lambda path: shutil._ntuple_diskusage(64 << 20, 64 << 20, 1 << 20))
+    images = from_folder(folder_dataset)
+    cache = np.zeros((len(images), 224, 224, 3), np.uint8)
+    before = set(os.listdir(workers_module._SHM_DIR))
+    with pytest.raises(DataError, match=r"shared memory .* 1 MiB free.*--shm-size.*data.workers=0"):
+        WorkerPool(BatchLoader(images.paths, (224, 224), None, cache), workers=2, batch_size=64)
+    assert set(os.listdir(workers_module._SHM_DIR)) == before  # nothing created, nothing left behind
