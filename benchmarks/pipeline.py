@@ -122,6 +122,13 @@ def median_ratio(numerators: list[float], denominators: list[float]) -> float:
     return statistics.median(n / d for n, d in zip(numerators, denominators, strict=True))
 
 
+def two_class_set(paths: list[str]) -> Any:
+    """The images as a labelled set (two alternating classes; the labels only need to exist)."""
+    from pipelines.sources import ImageSet
+
+    return ImageSet(paths=list(paths), ids=[str(i) for i in range(len(paths))], class_names=("a", "b"), labels=np.arange(len(paths)) % 2, multilabel=False)
+
+
 def count_batches(batches: Iterable) -> int:
     total = 0
     for batch in batches:
@@ -145,12 +152,11 @@ def measure_modes(size: int, paths: list[str], batch: int, repeats: int, workers
 
     from pipelines.augment import build_transform
     from pipelines.images import read_image
-    from pipelines.sources import ImageSet
     from pipelines.tfdata import decode_all, make_dataset
 
     shape = (size, size)
     transform = build_transform("medium", shape)
-    images = ImageSet(paths=list(paths), ids=[Path(p).stem for p in paths], class_names=("a", "b"), labels=np.arange(len(paths)) % 2, multilabel=False)
+    images = two_class_set(paths)
     cache, _ = decode_all(paths, shape)
     results: dict = {}
 
@@ -250,11 +256,10 @@ def scaling_rate(spec: dict) -> float:
     import tensorflow as tf  # noqa: F401
 
     from pipelines.augment import build_transform
-    from pipelines.sources import ImageSet
     from pipelines.tfdata import decode_all, make_dataset
 
     paths, shape, n_workers = spec["paths"], (spec["size"], spec["size"]), spec["workers"]
-    images = ImageSet(paths=paths, ids=[str(i) for i in range(len(paths))], class_names=("a", "b"), labels=np.arange(len(paths)) % 2, multilabel=False)
+    images = two_class_set(paths)
     cache, _ = decode_all(paths, shape)
     base = make_dataset(images, shape, spec["batch"], transform=build_transform("medium", shape), shuffle=True, seed=0, cache=cache,
                         workers=n_workers, num_parallel_calls=2 * n_workers)
@@ -292,12 +297,11 @@ def measure_fit(paths: list[str], batch: int, repeats: int, workers: int) -> dic
 
     from app.models import create_model
     from pipelines.augment import build_transform
-    from pipelines.sources import ImageSet
     from pipelines.tfdata import decode_all, make_dataset
 
     shape = (32, 32)
     transform = build_transform("medium", shape)
-    images = ImageSet(paths=list(paths), ids=[Path(p).stem for p in paths], class_names=("a", "b"), labels=np.arange(len(paths)) % 2, multilabel=False)
+    images = two_class_set(paths)
     cache, _ = decode_all(paths, shape)
     keras.utils.set_random_seed(0)
     small_cnn = [{"filters": 16, "repeats": 1}, {"filters": 32, "repeats": 1}, {"filters": 64, "repeats": 1}]  # ~2,000-3,000 img/s here: augmentation matters
