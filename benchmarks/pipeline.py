@@ -122,6 +122,21 @@ def median_ratio(numerators: list[float], denominators: list[float]) -> float:
     return statistics.median(n / d for n, d in zip(numerators, denominators, strict=True))
 
 
+def own_work(paths: list[str], size: int, transform: Any, cache: np.ndarray | None) -> Callable[[], int]:
+    """One pass of the pipeline's own per-image work in a plain loop (A): read + decode + augment into a uint8
+    array, or augment alone from the decoded cache."""
+    from pipelines.images import read_image
+
+    def loop() -> int:
+        out = np.empty((len(paths), size, size, 3), np.uint8)
+        for i, path in enumerate(paths):
+            image = cache[i] if cache is not None else read_image(path, 2 * size)
+            out[i] = transform(image=image)["image"]
+        return len(paths)
+
+    return loop
+
+
 def two_class_set(paths: list[str]) -> Any:
     """The images as a labelled set (two alternating classes; the labels only need to exist)."""
     from pipelines.sources import ImageSet
@@ -159,16 +174,6 @@ def measure_modes(size: int, paths: list[str], batch: int, repeats: int, workers
     images = two_class_set(paths)
     cache, _ = decode_all(paths, shape)
     results: dict = {}
-
-    def single_core_loop(mode: str) -> Callable[[], int]:
-        def loop() -> int:
-            out = np.empty((len(paths), size, size, 3), np.uint8)
-            for i, path in enumerate(paths):
-                image = cache[i] if mode == "cached" else read_image(path, 2 * size)
-                out[i] = transform(image=image)["image"]
-            return len(paths)
-
-        return loop
 
     class CourseDataset(keras.utils.PyDataset):
         def __init__(self, mode: str, **kwargs):
@@ -227,7 +232,8 @@ def measure_modes(size: int, paths: list[str], batch: int, repeats: int, workers
         threads, _ = project(mode, 0)
         fast, fast_dataset = project(mode, workers)
         try:
-            passes = {"A_single_core": (single_core_loop(mode), True), "pydataset": (pydataset(mode), False), "layers": (layers(mode), False),
+            passes = {"A_single_core": (own_work(paths, size, transform, cache if mode == "cached" else None), True),
+                      "pydataset": (pydataset(mode), False), "layers": (layers(mode), False),
                       "naive": (naive(mode), False), "threads": (threads, False), "workers": (fast, False)}
             measured = rounds(passes, repeats)
         finally:
@@ -318,12 +324,6 @@ def measure_fit(paths: list[str], batch: int, repeats: int, workers: int) -> dic
         model.fit(arrays, epochs=1, verbose=0, shuffle=False)
         return len(paths)
 
-    def augment_alone() -> int:  # A: the cached-mode per-image work, for the CPU limit
-        out = np.empty((len(paths), 32, 32, 3), np.uint8)
-        for i in range(len(paths)):
-            out[i] = transform(image=cache[i])["image"]
-        return len(paths)
-
     base = make_dataset(images, shape, batch, transform=transform, shuffle=True, seed=0, cache=cache, workers=workers, num_parallel_calls=2 * workers)
     ds = no_autotune(base)
 
@@ -332,7 +332,7 @@ def measure_fit(paths: list[str], batch: int, repeats: int, workers: int) -> dic
         return len(paths)
 
     try:
-        measured = rounds({"A_cached": (augment_alone, True), "F_arrays": (fit_arrays, False), "fit_with_augmentation": (fit_pipeline, False)}, repeats)
+        measured = rounds({"A_cached": (own_work(paths, 32, transform, cache), True), "F_arrays": (fit_arrays, False), "fit_with_augmentation": (fit_pipeline, False)}, repeats)
     finally:
         base.worker_pool.close()
     limits = [1 / (1 / f + 1 / (CORES * a)) for f, a in zip(measured["F_arrays"], measured["A_cached"], strict=True)]
