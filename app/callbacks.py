@@ -82,3 +82,33 @@ def check_plateau_callbacks(callbacks: Sequence[keras.callbacks.Callback], optim
             f"ReduceLROnPlateau cannot change a learning rate that follows the {schedule_name!r} schedule. "
             "Fix: use schedule plateau (a constant rate reduced on plateaus), or drop the ReduceLROnPlateau callback."
         )
+
+
+class BestWeights(keras.callbacks.Callback):
+    """Keep the weights and logs of the best epoch by `monitor` in memory, across every fit it is passed to (stages),
+    and put them back with `restore()`: what a search trial needs instead of a checkpoint file per epoch."""
+
+    def __init__(self, monitor: str = "val_loss"):
+        super().__init__()
+        self.monitor = monitor
+        self.better = np.less if monitor_mode(monitor) == "min" else np.greater
+        self.best: float | None = None
+        self.best_epoch: int | None = None  # 1-based
+        self.best_logs: dict[str, float] = {}
+        self.epochs_run = 0
+        self._weights: list[np.ndarray] | None = None
+
+    def on_epoch_end(self, epoch: int, logs: dict | None = None) -> None:
+        logs = logs or {}
+        value = logs.get(self.monitor)
+        if value is None:
+            raise KeyError(f"{self.monitor!r} is not among the logged metrics {sorted(logs)}")
+        self.epochs_run += 1
+        if self.best is None or (np.isfinite(value) and self.better(value, self.best)):
+            self.best, self.best_epoch = float(value), epoch + 1
+            self.best_logs = {k: float(v) for k, v in logs.items()}
+            self._weights = self.model.get_weights()
+
+    def restore(self) -> None:
+        if self._weights is not None:
+            self.model.set_weights(self._weights)

@@ -7,6 +7,7 @@
     imgclf models [--blocks resnet50]                # registered architectures, or one backbone's blocks
     imgclf plot-lr -c config.yaml                    # the learning rate per step, before any training
     imgclf find-lr -c config.yaml                    # LR range test: loss vs learning rate, a suggested rate
+    imgclf tune -c configs/search.yaml [--then-train] # architecture / hyperparameter search (tuning/)
 """
 
 from __future__ import annotations
@@ -31,6 +32,7 @@ EPILOG = """examples:
   imgclf train -c configs/finetune.yaml --set data.train=path/to/folder
   imgclf plot-lr -c configs/finetune.yaml --steps-per-epoch 100
   imgclf find-lr -c configs/finetune.yaml --set data.train=path/to/folder
+  imgclf tune -c configs/search.yaml --set data.train=path/to/folder --set tune.max_trials=20 --then-train
 
 Config values can be overridden with --set section.key=value (values are YAML: 5, 0.1, true, null, [1, 2]).
 Every run writes its resolved config.yaml next to model.keras, history.csv, metrics.json and curves.png."""
@@ -87,6 +89,12 @@ def build_parser() -> argparse.ArgumentParser:
     find_lr.add_argument("--steps", type=int, default=100, help="training steps in the test (default 100)")
     find_lr.add_argument("--start-lr", type=float, default=1e-7)
     find_lr.add_argument("--end-lr", type=float, default=1.0)
+
+    tune = sub.add_parser("tune", help="search filters, kernels, strides, LR schedule... (KerasTuner); resumes an interrupted search")
+    tune.add_argument("-c", "--config", help="YAML config with a tune: section (see configs/search.yaml)")
+    overrides(tune)
+    tune.add_argument("--restart", action="store_true", help="start a new search even if an interrupted one of this config exists")
+    tune.add_argument("--then-train", action="store_true", help="then train best.yaml as a normal run (and write its submission when data.test is set)")
     return parser
 
 
@@ -166,7 +174,7 @@ def cmd_plot_lr(args: argparse.Namespace) -> int:
     from app.config import load_config
     from app.data import load_train_val
     from app.plots import plot_lr_schedule
-    from app.training import plan_stages, stage_schedules
+    from app.fitting import plan_stages
 
     config = load_config(args.config, args.overrides)
     output = Path(args.output)
@@ -176,8 +184,8 @@ def cmd_plot_lr(args: argparse.Namespace) -> int:
     if steps is None:
         train_set, _ = load_train_val(config.data, config.seed)  # lists the files only; nothing is decoded
         steps = math.ceil(len(train_set) / config.data.batch_size)
-    stages = plan_stages(config)
-    plot_lr_schedule([(s.name, sched, s.epochs) for s, sched in zip(stages, stage_schedules(config, steps), strict=True)], steps, output)
+    stages = plan_stages(config, steps)
+    plot_lr_schedule([(s.name, s.lr, s.epochs) for s in stages], steps, output)
     print(f"learning-rate schedule: {output} ({' + '.join(f'{s.epochs} {s.name} epochs' for s in stages)}, {steps} steps per epoch)")
     return 0
 
@@ -208,6 +216,26 @@ def cmd_find_lr(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_tune(args: argparse.Namespace) -> int:
+    from app.config import load_config
+    from tuning.search import search, train_best
+
+    result = search(load_config(args.config, args.overrides), restart=args.restart)
+    print(f"search directory: {result.search_dir}")
+    if result.best_score is None:
+        print("no trial completed: see trials.csv for the reasons")
+        return 1
+    print(f"best {result.objective}: {result.best_score:.4f} ({len(result.trials)} trials, {result.rejected} proposals skipped without training)")
+    print(f"best config: {result.best_config}")
+    if args.then_train:
+        trained = train_best(result)
+        print(f"run directory: {trained.run_dir}")
+        print("validation: " + ", ".join(f"{k}={v:.4f}" for k, v in trained.metrics["val"].items() if isinstance(v, float)))
+        if trained.submission:
+            print(f"submission: {trained.submission}")
+    return 0
+
+
 def _pipeline_error(exc: BaseException) -> str | None:
     """The user-facing message of a DataError wrapped in a TensorFlow op error, if that is what `exc` is."""
     match = re.search(r"(?:DataError|ImageReadError): (.+)", str(exc))
@@ -222,6 +250,7 @@ COMMANDS = {
     "models": cmd_models,
     "plot-lr": cmd_plot_lr,
     "find-lr": cmd_find_lr,
+    "tune": cmd_tune,
 }
 
 
@@ -249,5 +278,5 @@ def main(argv: list[str] | None = None) -> int:
         print(f"error: {message}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
-        print("interrupted (a train run continues where it stopped when the same command is started again)", file=sys.stderr)
+        print("interrupted (a train run or a search continues where it stopped when the same command is started again)", file=sys.stderr)
         return 130

@@ -51,6 +51,49 @@ class AugmentConfig:
     eval: str = "none"
 
 
+@dataclass(frozen=True)
+class ConvBlock:
+    """One block of the baseline CNN: `repeats` x (conv(filters, kernel_size, strides on the first conv) -> BN -> ReLU),
+    then `pool` (2x2). Written in YAML as a mapping (`{filters: 32, kernel_size: 3}`) or a list `[filters, kernel_size, strides]`."""
+
+    filters: int
+    kernel_size: int = 3
+    strides: int = 1
+    repeats: int = 2
+    pool: str = "max"  # max | avg | none
+
+    def __post_init__(self) -> None:
+        for name in ("filters", "kernel_size", "strides", "repeats"):
+            value = getattr(self, name)
+            if not isinstance(value, int) or isinstance(value, bool) or value < 1:
+                raise ConfigError(f"conv block {self.describe()}: {name} must be a whole number >= 1, got {value!r}")
+        if self.pool not in POOLS:
+            raise ConfigError(f"conv block {self.describe()}: pool must be one of {', '.join(POOLS)}, got {self.pool!r}")
+
+    def describe(self) -> str:
+        return f"{{filters: {self.filters!r}, kernel_size: {self.kernel_size!r}, strides: {self.strides!r}, repeats: {self.repeats!r}, pool: {self.pool!r}}}"
+
+    @classmethod
+    def parse(cls, spec: Any) -> ConvBlock:
+        """From a ConvBlock, a mapping (`{filters: 32, kernel_size: 3}`) or a list `[filters, kernel_size, strides]`."""
+        if isinstance(spec, ConvBlock):
+            return spec
+        if isinstance(spec, dict):
+            unknown = set(spec) - {f.name for f in dataclasses.fields(cls)}
+            if unknown:
+                raise ConfigError(f"conv block {spec}: unknown key(s) {sorted(unknown)}; use filters, kernel_size, strides, repeats, pool")
+            if "filters" not in spec:
+                raise ConfigError(f"conv block {spec}: filters is required")
+            return cls(**spec)
+        if isinstance(spec, (list, tuple)) and 1 <= len(spec) <= 3:
+            return cls(*spec)
+        raise ConfigError(f"conv block {spec!r}: expected {{filters, kernel_size, strides}} or [filters, kernel_size, strides]")
+
+
+POOLS = ("max", "avg", "none")
+DEFAULT_BLOCKS = (ConvBlock(32), ConvBlock(64), ConvBlock(128))  # the baseline CNN's blocks when model.blocks is not given
+
+
 @dataclass
 class ModelConfig:
     """Which model to build: `baseline_cnn` or a Keras Applications backbone (`imgclf models` lists them).
@@ -61,14 +104,14 @@ class ModelConfig:
 
     name: str = "baseline_cnn"
     weights: str | None = "imagenet"
-    blocks: list[Any] = field(
-        default_factory=lambda: [
-            {"filters": 32, "kernel_size": 3, "strides": 1},
-            {"filters": 64, "kernel_size": 3, "strides": 1},
-            {"filters": 128, "kernel_size": 3, "strides": 1},
-        ]
-    )
+    blocks: list[ConvBlock] = field(default_factory=lambda: list(DEFAULT_BLOCKS))
     dropout: float = 0.3
+
+    def __post_init__(self) -> None:
+        if not self.blocks:
+            raise ConfigError("model.blocks is empty: the baseline CNN needs at least one block. Fix: give blocks, e.g. [[32], [64], [128]], or leave the key out for the default")
+        if not 0.0 <= self.dropout < 1.0:
+            raise ConfigError(f"model.dropout={self.dropout}: expected a rate in [0, 1)")
 
 
 @dataclass
@@ -133,6 +176,50 @@ class FinetuneConfig:
 
 
 @dataclass
+class SpaceConfig:
+    """What `imgclf tune` searches (tuning/space.py). Every entry is one of:
+    a single value (fixed, as `hp.Fixed`), a list of choices (`[16, 32, 64]`), a range (`{min: 1e-4, max: 1e-2,
+    sampling: log}`, with an optional `step`), or null (not searched: the value of the rest of the config).
+    Block entries apply to each block separately (block 2 gets its own filters, kernel size, ...)."""
+
+    # baseline CNN (model.name: baseline_cnn)
+    blocks: Any = field(default_factory=lambda: {"min": 2, "max": 4})
+    filters: Any = field(default_factory=lambda: [16, 32, 64, 128])
+    kernel_size: Any = field(default_factory=lambda: [3, 5])
+    strides: Any = field(default_factory=lambda: [1, 2])
+    repeats: Any = field(default_factory=lambda: [1, 2])
+    pool: Any = "max"
+    # pretrained backbones (model.name: a backbone)
+    backbone: Any = None  # e.g. [efficientnetb0, resnet50v2]; null: model.name
+    unfreeze_blocks: Any = None  # e.g. [1, 2, 3]
+    finetune_learning_rate: Any = None  # e.g. {min: 1e-6, max: 1e-4, sampling: log}
+    image_size: Any = None  # e.g. [128, 160, 224]
+    # both
+    dropout: Any = field(default_factory=lambda: {"min": 0.0, "max": 0.5, "step": 0.1})
+    optimizer: Any = field(default_factory=lambda: ["adam", "adamw"])
+    learning_rate: Any = field(default_factory=lambda: {"min": 1e-4, "max": 1e-2, "sampling": "log"})
+    schedule: Any = field(default_factory=lambda: ["constant", "cosine", "one_cycle", "step"])
+    schedule_knobs: dict[str, dict[str, Any]] = field(default_factory=lambda: {})  # per schedule, knob -> entry; merged over tuning.space.SCHEDULE_KNOBS
+    augment: Any = field(default_factory=lambda: ["light", "medium"])
+    batch_size: Any = None
+
+
+@dataclass
+class TuneConfig:
+    """`imgclf tune`: the tuner, what it optimises, its budget and the search space (README "Architecture search")."""
+
+    tuner: str = "random"  # random | hyperband | bayesian | grid
+    objective: str = "val_accuracy"  # a Keras log (val_accuracy, val_loss) or a metrics.json field (macro_f1, log_loss, mean_column_auc)
+    max_trials: int = 10  # trained trials; shape-invalid proposals are skipped and do not count
+    max_minutes: float | None = None  # no new trial starts after this many minutes of search (over all resumes)
+    seed: int | None = None  # proposals; null: the top-level seed
+    min_feature_size: int = 2  # smallest feature map (pixels) allowed before global pooling
+    hyperband_factor: int = 3  # hyperband: keep 1/factor of the trials each round; train.epochs is its max_epochs
+    initial_points: int | None = None  # bayesian: random trials before the Gaussian process (null: 3 per searched value, at least 3)
+    space: SpaceConfig = field(default_factory=SpaceConfig)
+
+
+@dataclass
 class OutputConfig:
     """Where runs go: `<dir>/<name>`, name defaulting to a timestamp and the model name."""
 
@@ -148,6 +235,7 @@ class Config:
     train: TrainConfig = field(default_factory=TrainConfig)
     finetune: FinetuneConfig = field(default_factory=FinetuneConfig)
     output: OutputConfig = field(default_factory=OutputConfig)
+    tune: TuneConfig = field(default_factory=TuneConfig)
     seed: int = 42
 
 
@@ -163,6 +251,14 @@ def _check_type(value: Any, annotation: Any, key: str) -> Any:
         raise ConfigError(f"config key {key}: {value!r} is not a {_type_name(annotation)}")
     if annotation is Any:
         return value
+    if dataclasses.is_dataclass(annotation):
+        if isinstance(value, annotation):
+            return value
+        if annotation is ConvBlock:
+            if isinstance(value, dict):
+                return from_dict(annotation, value, f"{key}.")
+            return _prefixed(ConvBlock.parse, value, key)
+        return from_dict(annotation, value, f"{key}.")
     if annotation is type(None):
         if value is None:
             return None
@@ -190,6 +286,13 @@ def _check_type(value: Any, annotation: Any, key: str) -> Any:
     raise ConfigError(f"config key {key}: {value!r} is not a {_type_name(annotation)}")
 
 
+def _prefixed(make: Any, value: Any, key: str) -> Any:
+    try:
+        return make(value)
+    except ConfigError as exc:
+        raise ConfigError(f"config key {key}: {exc}") from None
+
+
 def _type_name(annotation: Any) -> str:
     return getattr(annotation, "__name__", None) or str(annotation).replace("typing.", "")
 
@@ -204,6 +307,9 @@ def from_dict(cls: type, data: dict[str, Any] | None, prefix: str = "") -> Any:
     unknown = sorted(set(data) - names)
     if unknown:
         raise ConfigError(f"unknown config key {prefix}{unknown[0]}; valid keys here: {', '.join(sorted(names))}")
+    missing = [f.name for f in dataclasses.fields(cls) if f.name not in data and f.default is dataclasses.MISSING and f.default_factory is dataclasses.MISSING]
+    if missing:
+        raise ConfigError(f"config section {prefix.rstrip('.') or '(top level)'}: {missing[0]} is required")
     kwargs = {}
     for name, value in data.items():
         hint = hints[name]
@@ -213,7 +319,12 @@ def from_dict(cls: type, data: dict[str, Any] | None, prefix: str = "") -> Any:
             kwargs[name] = from_dict(hint, value, f"{prefix}{name}.")
         else:
             kwargs[name] = _check_type(value, hint, f"{prefix}{name}")
-    return cls(**kwargs)
+    try:
+        return cls(**kwargs)
+    except ConfigError as exc:
+        message = str(exc)
+        named = not prefix or message.startswith(("config key", prefix))
+        raise ConfigError(message if named else f"config key {prefix.rstrip('.')}: {message}") from None
 
 
 def to_dict(config: Any) -> dict[str, Any]:

@@ -3,14 +3,17 @@
 from __future__ import annotations
 
 import logging
+import math
 import os
 from collections.abc import Sequence
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 import tensorflow as tf
 
-from app.config import DataConfig
+from app.config import Config, DataConfig
+from app.optimization import class_weights
 from pipelines.augment import build_transform
 from pipelines.errors import DataError
 from pipelines.images import check_images
@@ -134,3 +137,87 @@ def close_workers(dataset: tf.data.Dataset) -> None:
     pool = getattr(dataset, "worker_pool", None)
     if pool is not None:
         pool.close()
+
+
+@dataclass
+class PreparedData:
+    """The training and validation sets of a config, checked or decoded once, with their class weights: what every
+    fit needs (train, the LR finder, each trial of a search). Datasets are made from it as often as needed."""
+
+    train: ImageSet
+    val: ImageSet | None
+    train_cache: np.ndarray | None
+    val_cache: np.ndarray | None
+    class_weight: dict[int, float] | None
+
+    @property
+    def num_classes(self) -> int:
+        return self.train.num_classes
+
+    @property
+    def multilabel(self) -> bool:
+        return self.train.multilabel
+
+    def steps_per_epoch(self, batch_size: int) -> int:
+        return math.ceil(len(self.train) / batch_size)
+
+
+def prepare_data(config: Config, with_val: bool = True) -> PreparedData:
+    """Load and split the sets of `config`, decode (data.cache) or check every image once, compute class weights."""
+    train_set, val_set = load_train_val(config.data, config.seed)
+    train_set, train_cache = prepare(train_set, config.data)
+    val_cache = None
+    if with_val:
+        val_set, val_cache = prepare(val_set, config.data)
+    weights = class_weights(train_set.labels, train_set.class_names, config.train.class_weight, train_set.multilabel)
+    return PreparedData(train_set, val_set if with_val else None, train_cache, val_cache, weights)
+
+
+@dataclass
+class Datasets:
+    """The `tf.data` inputs of one fit: `train` as fed to `fit`, `val`; `close()` stops worker processes, if any."""
+
+    train: tf.data.Dataset
+    val: tf.data.Dataset | None
+    made: tf.data.Dataset  # the training set as made (it owns the worker pool)
+
+    def close(self) -> None:
+        close_workers(self.made)
+
+    def __enter__(self) -> Datasets:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+
+def make_datasets(config: Config, data: PreparedData, strategy: tf.distribute.Strategy | None = None) -> Datasets:
+    """Training batches (augmented, shuffled, from worker processes per data.workers) and validation batches.
+
+    With several replicas only whole batches are made: Keras 3.15's fit/evaluate under MirroredStrategy fail on a
+    short last batch that splits unevenly (AddN shape error); the final metrics (predict) still use every image."""
+    replicas = strategy.num_replicas_in_sync if strategy is not None else 1
+    whole = replicas > 1
+    val_set = data.val
+    if whole and min(len(data.train), len(val_set) if val_set is not None else math.inf) < config.data.batch_size:
+        raise ValueError(
+            f"with {replicas} replicas every batch must be whole, and the training or validation set "
+            f"is smaller than one batch of {config.data.batch_size}. Fix: lower data.batch_size."
+        )
+    if whole and val_set is not None and len(val_set) % config.data.batch_size:
+        left_out = len(val_set) % config.data.batch_size
+        log.info("%d validation images are left out of the per-epoch scores (whole batches on %d replicas)", left_out, replicas)
+    val_ds = None
+    if val_set is not None:
+        val_ds = make_tf_dataset(val_set, config.data, config.augment.eval, training=False, seed=config.seed, cache=data.val_cache, drop_remainder=whole)
+    workers = training_workers(config.data, len(data.train))
+    made = make_tf_dataset(
+        data.train, config.data, config.augment.train, training=True, seed=config.seed, cache=data.train_cache, drop_remainder=whole, workers=workers
+    )
+    fed = made
+    if isinstance(strategy, tf.distribute.MultiWorkerMirroredStrategy):
+        options = tf.data.Options()
+        options.experimental_distribute.auto_shard_policy = tf.data.experimental.AutoShardPolicy.DATA
+        fed = made.with_options(options)
+        val_ds = val_ds.with_options(options) if val_ds is not None else None
+    return Datasets(fed, val_ds, made)

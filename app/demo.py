@@ -30,7 +30,7 @@ def demo_config(dataset_dir: Path, overrides: list[str] | None = None) -> Config
             "cache": True,
         },
         "augment": {"train": str(DEMO_AUGMENT), "eval": "none"},
-        "model": {"blocks": [{"filters": 32}, {"filters": 64}, {"filters": 128}], "dropout": 0.3},
+        "model": {"dropout": 0.3},  # the default blocks (app.config.DEFAULT_BLOCKS)
         "train": {"epochs": 30, "learning_rate": 0.002, "early_stopping_patience": 8},
         "output": {"dir": "runs", "name": None},
     }

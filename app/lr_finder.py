@@ -12,10 +12,9 @@ import numpy as np
 
 from app.atomic import atomic_write
 from app.config import Config
-from app.data import close_workers, load_train_val, make_tf_dataset, prepare, training_workers
-from app.optimization import class_weights
+from app.data import make_datasets, prepare_data
+from app.fitting import build_model, compile_model, plan_stages, seed_everything, set_trainable
 from app.plots import plt  # pyplot on the headless backend
-from app.training import Stage, build_model, compile_model, seed_everything, set_trainable
 
 
 @dataclass
@@ -46,19 +45,13 @@ def find_lr(config: Config, steps: int = 100, start_lr: float = 1e-7, end_lr: fl
     if steps < 5:
         raise ValueError(f"LR finder: {steps} steps are too few for a range test. Fix: use at least 5 (100-300 is usual).")
     seed_everything(config.seed, config.train.deterministic)
-    train_set, _ = load_train_val(config.data, config.seed)
-    train_set, cache = prepare(train_set, config.data)
-    model = build_model(config, train_set.num_classes, train_set.multilabel)
-    set_trainable(model, Stage("train", config.train.epochs, config.train.learning_rate, config.train.schedule), config)
+    data = prepare_data(config, with_val=False)
+    model = build_model(config, data.num_classes, data.multilabel)
+    set_trainable(model, plan_stages(config, data.steps_per_epoch(config.data.batch_size))[0], config)
     schedule = keras.optimizers.schedules.ExponentialDecay(start_lr, steps, end_lr / start_lr)  # start * (end/start)^(step/steps)
-    compile_model(model, config, schedule, train_set.multilabel)
-    weights = class_weights(train_set.labels, train_set.class_names, config.train.class_weight, train_set.multilabel)
-    workers = training_workers(config.data, len(train_set))
-    source = make_tf_dataset(train_set, config.data, config.augment.train, training=True, seed=config.seed, cache=cache, workers=workers)
-    try:
-        return _range_test(model, schedule, source.repeat(), weights, steps, beta, diverge)
-    finally:
-        close_workers(source)
+    compile_model(model, config, schedule, data.multilabel)
+    with make_datasets(config, data) as datasets:
+        return _range_test(model, schedule, datasets.train.repeat(), data.class_weight, steps, beta, diverge)
 
 
 def _range_test(model: keras.Model, schedule: Any, dataset: Any, weights: dict[int, float] | None, steps: int, beta: float, diverge: float) -> LRFinderResult:

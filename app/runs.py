@@ -56,8 +56,17 @@ def _resumable(path: Path, config_text: str) -> bool:
         return False
     if (path / CONFIG_FILE).read_text() != config_text:
         return False
+    return not is_locked(path)
+
+
+def is_locked(path: Path) -> bool:
+    """A live process is working in this run (or search) directory."""
     lock = path / LOCK_FILE
-    return not (lock.is_file() and lock.read_text().strip().isdigit() and _alive(int(lock.read_text())))
+    return lock.is_file() and lock.read_text().strip().isdigit() and _alive(int(lock.read_text()))
+
+
+def lock_run_dir(path: Path) -> None:
+    (path / LOCK_FILE).write_text(str(os.getpid()))
 
 
 def open_run_dir(base: str | os.PathLike, name: str | None, model_name: str, config_text: str, resume: bool) -> tuple[Path, bool]:
@@ -71,7 +80,7 @@ def open_run_dir(base: str | os.PathLike, name: str | None, model_name: str, con
     resumed = path is not None
     if path is None:
         path = create_run_dir(base, name, model_name)
-    (path / LOCK_FILE).write_text(str(os.getpid()))
+    lock_run_dir(path)
     return path, resumed
 
 

@@ -43,7 +43,7 @@ def create_model(
     `weights`: for backbones "imagenet", a local file or None; for the baseline a local file or None.
     `blocks` configures the baseline CNN only."""
     if canonical_name(name) == canonical_name(BASELINE):
-        model = make_baseline_cnn(input_shape, num_classes, multilabel, dropout=dropout, **({"blocks": blocks} if blocks else {}))
+        model = make_baseline_cnn(input_shape, num_classes, multilabel, dropout=dropout, **({"blocks": blocks} if blocks is not None else {}))
         if weights not in (None, "imagenet"):
             _load_baseline_weights(model, weights)
         return model

@@ -1,0 +1,158 @@
+"""The one fit path: build and compile a model from a config, then fit it through its stages.
+
+`train()` (app/training.py), the LR finder and every trial of a search (tuning/) use these pieces, each adding only
+its own callbacks: a run writes checkpoints and history into its run directory, a trial keeps its best weights in
+memory and reports its score to the tuner.
+
+Stage 1 (`train`) trains the whole baseline CNN, or the head of a pretrained backbone kept frozen. Stage 2
+(`finetune`, when finetune.epochs > 0) unfreezes the top of the backbone, BatchNorm layers staying frozen, and
+recompiles at a lower rate, starting from the best weights of stage 1.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import keras
+import tensorflow as tf
+
+from app.callbacks import check_plateau_callbacks, monitor_mode
+from app.config import Config, ScheduleConfig
+from app.data import Datasets
+from app.models import create_model, is_backbone
+from app.models.backbones import find_backbone, freeze_backbone, unfreeze_model
+from app.optimization import make_loss_and_metrics, make_optimizer
+from app.schedules import Schedule, make_schedule
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class Stage:
+    """One `model.fit` call: its epochs, peak learning rate, schedule (options and the built schedule for its
+    steps per epoch), and what of the backbone trains."""
+
+    name: str  # "train" | "finetune"
+    epochs: int
+    learning_rate: float
+    schedule: ScheduleConfig
+    lr: float | Schedule  # the learning rate the optimizer gets: a number or a schedule over this stage's steps
+    unfreeze_blocks: int | None = None
+    unfreeze_layers: int | None = None
+
+
+def seed_everything(seed: int, deterministic: bool) -> None:
+    """Seed Python, NumPy and TensorFlow; with `deterministic`, also make TF ops deterministic (same metrics on CPU)."""
+    keras.utils.set_random_seed(seed)
+    if deterministic:
+        tf.config.experimental.enable_op_determinism()
+
+
+def plan_stages(config: Config, steps_per_epoch: int) -> list[Stage]:
+    """Stage 1, and stage 2 when finetune.epochs > 0 (only for a backbone), each with its schedule built: bad
+    schedule options (say, a warmup longer than the stage) fail here, before anything is written."""
+    tc, ft = config.train, config.finetune
+    stages = [Stage("train", tc.epochs, tc.learning_rate, tc.schedule, make_schedule(tc.schedule, tc.learning_rate, tc.epochs, steps_per_epoch))]
+    if ft.epochs > 0:
+        if not is_backbone(config.model.name):
+            raise ValueError(
+                f"finetune.epochs={ft.epochs}, but model.name={config.model.name} has no pretrained backbone to unfreeze. "
+                "Fix: set finetune.epochs=0, or choose a backbone (imgclf models lists them)."
+            )
+        lr = make_schedule(ft.schedule, ft.learning_rate, ft.epochs, steps_per_epoch)
+        stages.append(Stage("finetune", ft.epochs, ft.learning_rate, ft.schedule, lr, ft.unfreeze_blocks, ft.unfreeze_layers))
+    return stages
+
+
+def build_model(config: Config, num_classes: int, multilabel: bool) -> keras.Model:
+    """The model of `config.model` for square uint8 images of `data.image_size` pixels."""
+    mc = config.model
+    size = config.data.image_size
+    return create_model(
+        mc.name, input_shape=(size, size, 3), num_classes=num_classes, multilabel=multilabel, weights=mc.weights, dropout=mc.dropout, blocks=mc.blocks
+    )
+
+
+def compile_model(model: keras.Model, config: Config, learning_rate: Any, multilabel: bool) -> None:
+    """The configured optimizer at `learning_rate` (a number or schedule), and the loss and metrics for the label type."""
+    tc = config.train
+    loss, metrics = make_loss_and_metrics(multilabel, tc.label_smoothing)
+    model.compile(optimizer=make_optimizer(tc.optimizer, learning_rate, tc.weight_decay, tc.momentum), loss=loss, metrics=metrics)
+
+
+def set_trainable(model: keras.Model, stage: Stage, config: Config) -> None:
+    """Stage 1 freezes a pretrained backbone (train.freeze_backbone); stage 2 unfreezes its top."""
+    if find_backbone(model) is None:
+        return
+    if stage.name == "finetune":
+        unfrozen = unfreeze_model(model, blocks=stage.unfreeze_blocks, num_layers=stage.unfreeze_layers)
+        log.info("fine-tuning %d backbone layers with weights (BatchNormalization stays frozen)", len(unfrozen))
+    elif config.train.freeze_backbone:
+        freeze_backbone(model)
+
+
+def standard_callbacks(config: Config, stage: Stage) -> list[keras.callbacks.Callback]:
+    """Early stopping (train.early_stopping_patience) and, for schedule `plateau`, the reduction on plateaus."""
+    tc = config.train
+    callbacks: list[keras.callbacks.Callback] = []
+    if tc.early_stopping_patience > 0:
+        callbacks.append(keras.callbacks.EarlyStopping(tc.monitor, patience=tc.early_stopping_patience, mode=monitor_mode(tc.monitor)))
+    if stage.schedule.name == "plateau":
+        rate = stage.schedule.decay_rate if stage.schedule.decay_rate is not None else 0.1
+        callbacks.append(
+            keras.callbacks.ReduceLROnPlateau(tc.monitor, factor=rate, patience=stage.schedule.patience, min_lr=stage.schedule.min_lr, mode=monitor_mode(tc.monitor))
+        )
+    return callbacks
+
+
+def fit_stages(
+    model: keras.Model,
+    config: Config,
+    stages: Sequence[Stage],
+    datasets: Datasets,
+    *,
+    class_weight: dict[int, float] | None,
+    multilabel: bool,
+    strategy: tf.distribute.Strategy | None = None,
+    callbacks: Sequence[keras.callbacks.Callback] = (),
+    stage_callbacks: Callable[[Stage], list[keras.callbacks.Callback]] | None = None,
+    restore_best: Callable[[], None] | None = None,
+    finished: Callable[[Stage], int | None] | None = None,
+    initial_epoch: int = 0,
+) -> dict[str, int]:
+    """One `model.fit` per stage, epochs numbered across stages; returns the epochs each stage ran.
+
+    `stage_callbacks(stage)` adds a caller's per-stage callbacks before `callbacks` and the standard ones (early
+    stopping, plateau); `restore_best()` loads the best weights so far before stage 2; `finished(stage)` returns the
+    last epoch of a stage that an interrupted run already finished (it is skipped), or None."""
+    strategy = strategy or tf.distribute.get_strategy()
+    epoch, stage_epochs = initial_epoch, {}
+    for stage in stages:
+        last = finished(stage) if finished else None
+        if last is not None:
+            stage_epochs[stage.name], epoch = last - epoch, last
+            continue
+        set_trainable(model, stage, config)
+        if stage.name != "train" and restore_best is not None:
+            restore_best()  # stage 2 starts from the best weights of stage 1
+        with strategy.scope():
+            compile_model(model, config, stage.lr, multilabel)
+        stage_cbs = [*(stage_callbacks(stage) if stage_callbacks else []), *callbacks, *standard_callbacks(config, stage)]
+        check_plateau_callbacks(stage_cbs, model.optimizer, stage.schedule.name)
+        model._initial_epoch = None  # a restore in an earlier stage's fit must not carry over (Keras keeps it on the model)
+        history = model.fit(
+            datasets.train,
+            validation_data=datasets.val,
+            initial_epoch=epoch,
+            epochs=epoch + stage.epochs,
+            class_weight=class_weight,
+            callbacks=stage_cbs,
+            verbose=config.train.verbose,
+            shuffle=False,  # the dataset shuffles
+        )
+        last = history.epoch[-1] + 1 if history.epoch else epoch
+        stage_epochs[stage.name], epoch = last - epoch, last
+    return stage_epochs

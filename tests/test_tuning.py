@@ -1,0 +1,268 @@
+"""tuning/: the search space, shape-valid proposals, every tuner, results a user can act on, resume, bad input."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import keras
+import keras_tuner as kt
+import numpy as np
+import pandas as pd
+import pytest
+
+from app.config import Config, ConfigError, ConvBlock, load_config
+from app.models import create_model
+from app.models.geometry import baseline_geometry
+from app.training import train
+from tuning import parse_space, search
+from tuning.hypermodels import make_hypermodel
+from tuning.results import BEST_FILE, HYPERPARAMETERS_PLOT, SCORES_PLOT, SUMMARY_FILE, TENSORBOARD_DIR, TRIALS_FILE
+
+REPO = Path(__file__).resolve().parents[1]
+# A small space over tiny models: a trial is a second or two on 32 px images.
+SMALL_SPACE = [
+    "tune.space.blocks={min: 1, max: 2}",
+    "tune.space.filters=[4, 8]",
+    "tune.space.repeats=1",
+    "tune.space.augment=none",
+    "train.epochs=1",
+]
+
+
+def tune_config(base: Config, *overrides: str) -> Config:
+    return load_config(overrides=[*SMALL_SPACE, *overrides], base=base)
+
+
+def hypermodel_for(config: Config):
+    return make_hypermodel(config, parse_space(config), num_classes=3, multilabel=False, train_images=18)
+
+
+def test_default_space_builds_on_empty_hyperparameters(tiny_config: Config) -> None:
+    hypermodel = hypermodel_for(tiny_config)  # the shipped default space, tiny_config's 32 px images
+    hp = kt.HyperParameters()
+    model = hypermodel.build(hp)
+    assert isinstance(model, keras.Model) and model.optimizer is not None  # compiled, as KerasTuner expects
+    assert {"blocks", "filters_1", "kernel_size_1", "strides_1", "learning_rate", "schedule", "optimizer", "augment", "dropout"} <= set(hp.values)
+    assert model.output.shape == (None, 3)
+
+
+def test_the_shipped_search_config_loads_and_its_space_parses() -> None:
+    config = load_config(REPO / "configs" / "search.yaml")
+    space = parse_space(config)
+    assert {"blocks", "filters", "kernel_size", "strides", "learning_rate", "schedule"} <= set(space.searched())
+
+
+def test_fixed_values_are_honoured(tiny_config: Config) -> None:
+    config = tune_config(tiny_config, "tune.space.kernel_size=5", "tune.space.schedule=cosine")
+    hypermodel = hypermodel_for(config)
+    hp = kt.HyperParameters()
+    hp.Fixed("blocks", 2)
+    hp.Fixed("filters_2", 8)
+    hp.Fixed("learning_rate", 0.005)
+    trial_config = hypermodel.config_for(hp)
+    assert [b.filters for b in trial_config.model.blocks][1] == 8 and len(trial_config.model.blocks) == 2
+    assert all(b.kernel_size == 5 for b in trial_config.model.blocks)  # --set tune.space.kernel_size=5: fixed for every block
+    assert trial_config.train.learning_rate == 0.005 and trial_config.train.schedule.name == "cosine"
+    model = hypermodel.build(hp)
+    assert model.get_layer("block2_conv1").filters == 8 and model.get_layer("block1_conv1").kernel_size == (5, 5)
+
+
+def test_null_entries_leave_the_rest_of_the_config_in_charge(tiny_config: Config) -> None:
+    config = tune_config(tiny_config, "tune.space.blocks=null", "tune.space.filters=null", "tune.space.learning_rate=null", "train.learning_rate=0.0042")
+    trial_config = hypermodel_for(config).config_for(kt.HyperParameters())
+    assert [b.filters for b in trial_config.model.blocks] == [8, 16]  # tiny_config's own blocks
+    assert trial_config.train.learning_rate == 0.0042
+
+
+def test_schedule_knobs_are_conditional_on_their_schedule(tiny_config: Config) -> None:
+    config = tune_config(tiny_config, "tune.space.schedule=[constant, step]", "tune.space.schedule_knobs={step: {decay_rate: [0.2, 0.5]}}")
+    hypermodel = hypermodel_for(config)
+    hp = kt.HyperParameters()
+    hp.Fixed("schedule", "step")
+    hp.Fixed("step_decay_rate", 0.5)
+    assert hypermodel.config_for(hp).train.schedule.decay_rate == 0.5
+    hp = kt.HyperParameters()
+    hp.Fixed("schedule", "constant")
+    hypermodel.config_for(hp)
+    assert not hp.is_active("step_decay_rate")
+
+
+@pytest.mark.parametrize(
+    "blocks,size",
+    [
+        ([ConvBlock(8, 3, 1, 2, "max"), ConvBlock(8, 5, 2, 1, "avg"), ConvBlock(4, 3, 1, 1, "none")], 32),
+        ([ConvBlock(4, 3, 2, 1, "max")] * 4, 16),  # pooling left out once the map is 1 pixel
+        ([ConvBlock(4, 7, 3, 1, "max"), ConvBlock(4, 3, 2, 2, "max")], 45),
+    ],
+)
+def test_shape_arithmetic_matches_the_models_own_shapes(blocks: list[ConvBlock], size: int) -> None:
+    model = create_model("baseline_cnn", input_shape=(size, size, 3), num_classes=2, blocks=blocks)
+    geometry = baseline_geometry(blocks, size)
+    spatial = [layer for layer in model.layers if isinstance(layer, (keras.layers.Conv2D, keras.layers.MaxPooling2D, keras.layers.AveragePooling2D))]
+    assert [g.name for g in geometry.layers] == [layer.name for layer in spatial]
+    assert [g.output_size for g in geometry.layers] == [layer.output.shape[1] for layer in spatial]
+    assert geometry.feature_size == model.get_layer("gap").input.shape[1]
+
+
+def test_receptive_field_of_a_hand_checked_stack() -> None:
+    three_convs = baseline_geometry([ConvBlock(4, 3, 1, 3, "none")], 32)
+    assert three_convs.receptive_field == 7  # three 3x3 stride-1 convolutions
+    conv_then_pool = baseline_geometry([ConvBlock(4, 3, 1, 1, "max"), ConvBlock(4, 3, 1, 1, "none")], 32)
+    assert conv_then_pool.receptive_field == 3 + 1 + 2 * 2  # 3, pool adds 1, then a 3x3 at jump 2 adds 4
+
+
+def test_invalid_networks_are_skipped_without_a_fit(tiny_config: Config, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    # At 16 px, up to 4 blocks of stride 1 or 2, each pooling: most proposals shrink the map below 2 pixels.
+    config = tune_config(
+        tiny_config, "data.image_size=16", "tune.space.blocks={min: 2, max: 4}", "tune.space.strides=[1, 2]", "tune.space.kernel_size=[3, 5]", "tune.max_trials=3"
+    )
+    fitted: list[int] = []
+    real_fit = keras.Model.fit
+
+    def counting_fit(model, *args, **kwargs):
+        fitted.append(model.get_layer("gap").input.shape[1])
+        return real_fit(model, *args, **kwargs)
+
+    monkeypatch.setattr(keras.Model, "fit", counting_fit)
+    result = search(config, progress=lambda line: None)
+    assert result.rejected > 0  # there were invalid proposals ...
+    assert len(fitted) == 3 == len(result.trials)  # ... none of them was fitted: max_trials counts trained trials
+    assert min(fitted) >= config.tune.min_feature_size
+    summary = (result.search_dir / SUMMARY_FILE).read_text()
+    assert f"{result.rejected} proposals skipped" in summary
+    assert "below min_feature_size=2" in summary or "is larger than its" in summary
+
+
+def test_a_search_writes_every_result_and_its_best_yaml_trains(tiny_config: Config, tmp_path: Path) -> None:
+    lines: list[str] = []
+    config = tune_config(tiny_config, "tune.max_trials=2", "tune.objective=macro_f1")
+    result = search(config, progress=lines.append)
+    folder = result.search_dir
+    for name in (TRIALS_FILE, BEST_FILE, SUMMARY_FILE, SCORES_PLOT, HYPERPARAMETERS_PLOT, "config.yaml", "search.json"):
+        assert (folder / name).is_file(), name
+    assert list((folder / TENSORBOARD_DIR).glob("events.out.tfevents.*"))  # the HParams config
+    assert len(list((folder / TENSORBOARD_DIR).glob("trial_*/events.out.tfevents.*"))) == 2
+    trials = pd.read_csv(folder / TRIALS_FILE)
+    assert list(trials["status"]) == ["COMPLETED", "COMPLETED"]
+    assert {"macro_f1", "blocks", "filters_1", "learning_rate", "params", "feature_size", "receptive_field", "seconds", "epochs"} <= set(trials.columns)
+    assert (trials["params"] > 0).all() and (trials["receptive_field"] >= 3).all()
+    assert result.best_score == pytest.approx(trials["macro_f1"].max())  # the metrics.json field, maximised
+    assert sum(line.startswith("[") and "trial" in line for line in lines) == 2  # one progress line per trial
+
+    best = load_config(result.best_config)
+    best_row = trials.loc[trials["macro_f1"].idxmax()]
+    assert len(best.model.blocks) == best_row["blocks"] and best.model.blocks[0].filters == best_row["filters_1"]
+    trained = train(load_config(overrides=[f"output.dir={tmp_path / 'best'}"], base=best))
+    assert (trained.run_dir / "model.keras").is_file() and trained.metrics["val"]["num_images"] == 6
+
+
+@pytest.mark.parametrize("tuner", ["hyperband", "bayesian", "grid"])
+def test_every_tuner_runs_a_small_search(tiny_config: Config, tuner: str) -> None:
+    overrides = [f"tune.tuner={tuner}", "tune.max_trials=3"]
+    if tuner == "hyperband":
+        overrides += ["train.epochs=2", "tune.hyperband_factor=2"]
+    if tuner == "bayesian":
+        overrides += ["tune.initial_points=2"]
+    if tuner == "grid":  # a grid of 2 x 2 = 4 networks, blocks fixed
+        overrides += ["tune.space.blocks=1", "tune.space.kernel_size=[3, 5]", "tune.space.strides=1", "tune.space.dropout=0.2", "tune.space.optimizer=adam",
+                      "tune.space.learning_rate=0.003", "tune.space.schedule=constant"]
+    config = tune_config(tiny_config, *overrides)
+    result = search(config, progress=lambda line: None)
+    assert len(result.trials) == 3 and (result.trials["status"] == "COMPLETED").all()
+    assert load_config(result.best_config).train.epochs == config.train.epochs  # hyperband: its max_epochs, not a round's
+    if tuner == "grid":
+        combos = {(r.filters_1, r.kernel_size_1) for r in result.trials.itertuples()}
+        assert len(combos) == 3  # the grid never repeats a network
+    if tuner == "hyperband":  # factor 2 over 2 epochs: 1-epoch trials, then the best promoted to 2 epochs
+        assert sorted(result.trials["epochs"]) == [1, 1, 2]
+
+
+def test_the_same_seed_proposes_the_same_trials(tiny_config: Config, tmp_path: Path) -> None:
+    def proposals(name: str, seed: int) -> list[dict]:
+        config = tune_config(tiny_config, "tune.max_trials=3", f"tune.seed={seed}", f"output.dir={tmp_path / name}")
+        table = search(config, progress=lambda line: None).trials
+        return table[["blocks", "filters_1", "kernel_size_1", "strides_1", "learning_rate", "schedule"]].to_dict("records")
+
+    first = proposals("a", 7)
+    assert first == proposals("b", 7)
+    assert first != proposals("c", 8)
+
+
+@pytest.mark.parametrize(
+    "override,message",
+    [
+        ("tune.tuner=genetic", "unknown tuner 'genetic'"),
+        ("tune.objective=val_top1", "unknown objective 'val_top1'"),
+        ("tune.space.blocks={min: 4, max: 2}", "tune.space.blocks: min 4 is larger than max 2"),
+        ("tune.space.filters=[]", "tune.space.filters: the list of choices is empty"),
+        ("tune.space.schedule=[cosine, warp]", "unknown schedule 'warp'"),
+        ("tune.space.optimizer=rmsprop", "unknown optimizer 'rmsprop'"),
+        ("tune.space.dropout={min: 0, max: 0.5, sampling: log}", "log sampling needs min > 0"),
+        ("tune.space.learning_rate=[0.01, 0]", "tune.space.learning_rate: 0.0 must be > 0"),
+        ("tune.space.schedule_knobs={cosine: {warmup: [1]}}", "unknown knob 'warmup'"),
+        ("tune.space.kernel_size=[3, fast]", "'fast' is not a int"),
+        ("tune.max_trials=0", "tune.max_trials: 0 must be >= 1"),
+        # 6 blocks of stride 2 at 32 px: every network shrinks to nothing
+        ("tune.space.blocks=6;tune.space.strides=2", "no network in this space is worth training"),
+    ],
+)
+def test_a_bad_space_is_one_error_before_any_training(tiny_config: Config, tmp_path: Path, override: str, message: str) -> None:
+    config = tune_config(tiny_config, *override.split(";"))
+    with pytest.raises(ConfigError, match=message.replace("[", r"\[").replace("{", r"\{")):
+        search(config, progress=lambda line: None)
+    assert not (tmp_path / "runs").exists()  # nothing was written
+
+
+def test_cli_tune_bad_space_exit_code_2(tiny_config: Config, capsys: pytest.CaptureFixture[str]) -> None:
+    from app.cli import main
+
+    code = main(["tune", "--set", f"data.train={tiny_config.data.train}", "--set", "tune.space.blocks={min: 5, max: 1}"])
+    err = capsys.readouterr().err.strip()
+    assert code == 2 and err.startswith("error: ") and "min 5 is larger than max 1" in err and len(err.splitlines()) == 1
+
+
+def test_a_named_search_directory_of_another_search_is_refused(tiny_config: Config) -> None:
+    config = tune_config(tiny_config, "tune.max_trials=1", "output.name=mysearch")
+    search(config, progress=lambda line: None)
+    changed = load_config(overrides=["tune.space.filters=[16]"], base=config)
+    with pytest.raises(ConfigError, match="written by a different search"):
+        search(changed, progress=lambda line: None)
+
+
+def test_a_killed_search_resumes_without_redoing_finished_trials(tiny_config: Config, tmp_path: Path) -> None:
+    """SIGKILL in the middle of the second trial; the same command again finishes the search from there."""
+    out = tmp_path / "runs"
+    args = [sys.executable, "-m", "app", "tune", *[f"--set={o}" for o in SMALL_SPACE],
+            f"--set=data.train={tiny_config.data.train}", "--set=data.image_size=32", "--set=data.batch_size=4", "--set=data.val_fraction=0.25",
+            "--set=train.epochs=6", "--set=tune.max_trials=3", "--set=tune.space.filters=[16, 32]", f"--set=output.dir={out}"]
+    env = {**os.environ, "NO_ALBUMENTATIONS_UPDATE": "1", "TF_CPP_MIN_LOG_LEVEL": "3"}
+    process = subprocess.Popen(args, cwd=REPO, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
+    deadline = time.monotonic() + 240
+    first_result = None
+    while time.monotonic() < deadline and process.poll() is None:
+        found = list(out.glob("*-tune-*/trial_0/result.json"))
+        if found and list(out.glob("*-tune-*/trial_1/trial.json")):
+            first_result = found[0]
+            time.sleep(1.0)  # well inside trial 1 (6 epochs)
+            break
+        time.sleep(0.1)
+    assert first_result is not None, "the search did not reach its second trial"
+    os.killpg(process.pid, signal.SIGKILL)
+    process.wait()
+    folder = first_result.parents[1]
+    assert not (folder / "search.json").exists() and not (folder / "trial_1" / "result.json").exists()  # killed mid-trial
+    first_written = first_result.stat().st_mtime_ns
+
+    done = subprocess.run(args, cwd=REPO, env=env, capture_output=True, text=True, timeout=600, check=False)
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert f"search directory: {folder}" in done.stdout and "resuming the search" in done.stdout
+    assert first_result.stat().st_mtime_ns == first_written  # trial 0 was not trained again
+    trials = pd.read_csv(folder / TRIALS_FILE)
+    assert sorted(trials["trial"]) == [0, 1, 2] and (trials["status"] == "COMPLETED").all()  # each trial once, the killed one rerun
+    assert (folder / "search.json").is_file()

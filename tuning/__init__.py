@@ -1,0 +1,16 @@
+"""Architecture and hyperparameter search on KerasTuner, over the toolkit's own config, models and fit path.
+
+    from tuning import search
+    result = search(load_config("configs/search.yaml", ["data.train=my_images/"]))
+    result.best_config   # best.yaml: imgclf train -c <it>
+
+Layout: space.py (tune.space -> hyperparameters), hypermodels.py (HyperModels: hp -> Config -> model -> fit),
+oracles.py (KerasTuner's oracles, proposing only networks worth training), tuner.py (the trial runner),
+search.py (search directory, resume, data prepared once), results.py (trials.csv, best.yaml, summary.md, plots).
+"""
+
+from tuning.hypermodels import BackboneHyperModel, BaselineHyperModel, make_hypermodel
+from tuning.search import SearchResult, load_best_config, search
+from tuning.space import SearchSpace, parse_space
+
+__all__ = ["BackboneHyperModel", "BaselineHyperModel", "SearchResult", "SearchSpace", "load_best_config", "make_hypermodel", "parse_space", "search"]

@@ -1,0 +1,247 @@
+"""KerasTuner HyperModels over the toolkit's own config, model builder and fit path.
+
+`config_for(hp)` maps a trial's hyperparameters onto a complete `Config` (the one `best.yaml` holds), `build(hp)`
+builds and compiles that config's model with `app.fitting`, and `fit(hp, model, data)` trains it through the same
+stages `imgclf train` runs. `problem(hp)` says, without building anything, why a proposal is not worth training
+(its feature map shrinks below `tune.min_feature_size`, a kernel outgrows its input, a schedule that cannot fit the
+epochs), so that the oracle proposes another one instead.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+from collections.abc import Sequence
+from typing import Any
+
+import keras
+import keras_tuner as kt
+
+from app.callbacks import BestWeights
+from app.config import Config, ConfigError, from_dict, to_dict
+from app.data import PreparedData, make_datasets
+from app.evaluation import classification_metrics
+from app.fitting import build_model, compile_model, fit_stages, plan_stages, set_trainable
+from app.models.geometry import baseline_geometry, shape_problem
+from app.prediction import predict_probs
+from tuning.space import REPORT_OBJECTIVES, Entry, SearchSpace
+
+MIN_BACKBONE_SIZE = 32  # Keras Applications refuse smaller inputs
+HYPERBAND_KEYS = ("tuner/epochs", "tuner/initial_epoch", "tuner/bracket", "tuner/round", "tuner/trial_id")
+
+
+def _set(tree: dict[str, Any], path: str, value: Any) -> None:
+    *sections, last = path.split(".")
+    for section in sections:
+        tree = tree[section]
+    tree[last] = value
+
+
+def _largest(entry: Entry) -> int:
+    return int(max(entry.candidates()))
+
+
+def _smallest(entry: Entry) -> int:
+    return int(min(entry.candidates()))
+
+
+class ConfigHyperModel(kt.HyperModel):
+    """What both HyperModels share: the common hyperparameters, build, fit and the objective."""
+
+    def __init__(self, config: Config, space: SearchSpace, num_classes: int, multilabel: bool, train_images: int):
+        super().__init__(name=type(self).__name__)
+        self.base = config
+        self.space = space
+        self.num_classes = num_classes
+        self.multilabel = multilabel
+        self.train_images = train_images
+
+    # -- hyperparameters -> config ---------------------------------------------------------------------------
+    def config_for(self, hp: kt.HyperParameters, for_training: bool = False) -> Config:
+        """The complete config of a trial. `for_training` keeps train.epochs (Hyperband's max_epochs) instead of the
+        epochs of the trial's Hyperband round (best.yaml)."""
+        tree = to_dict(self.base)
+        self.declare_model(hp, tree)
+        self._declare(hp, tree, "dropout", "model.dropout")
+        self._declare(hp, tree, "optimizer", "train.optimizer")
+        self._declare(hp, tree, "learning_rate", "train.learning_rate")
+        self._declare(hp, tree, "augment", "augment.train")
+        self._declare(hp, tree, "batch_size", "data.batch_size")
+        self._declare_schedule(hp, tree)
+        if "tuner/epochs" in hp.values and not for_training:  # Hyperband: this round trains up to tuner/epochs
+            tree["train"]["epochs"] = int(hp.values["tuner/epochs"])
+        tree["output"]["name"] = None
+        return from_dict(Config, tree)
+
+    def declare_model(self, hp: kt.HyperParameters, tree: dict[str, Any]) -> None:
+        raise NotImplementedError
+
+    def declare_hyperparameters(self, hp: kt.HyperParameters) -> None:
+        """Declare the whole space without building a model (KerasTuner calls this before the first trial)."""
+        self.config_for(hp)
+
+    def _declare(self, hp: kt.HyperParameters, tree: dict[str, Any], key: str, path: str, name: str | None = None) -> Any:
+        entry = self.space[key]
+        if entry is None:
+            return None
+        value = entry.declare(hp, name or key)
+        if value is not None:
+            _set(tree, path, value)
+        return value
+
+    def _declare_schedule(self, hp: kt.HyperParameters, tree: dict[str, Any]) -> None:
+        entry = self.space["schedule"]
+        chosen = self._declare(hp, tree, "schedule", "train.schedule.name") if entry else tree["train"]["schedule"]["name"]
+        for name, knobs in self.space.schedule_knobs.items():
+            if not knobs:
+                continue
+            scope = hp.conditional_scope("schedule", [name]) if entry is not None else _NoScope()
+            with scope:
+                for knob, knob_entry in knobs.items():
+                    value = knob_entry.declare(hp, f"{name}_{knob}")
+                    if value is not None and name == chosen:
+                        tree["train"]["schedule"][knob] = value
+
+    # -- checks ------------------------------------------------------------------------------------------
+    def steps_per_epoch(self, config: Config) -> int:
+        return math.ceil(self.train_images / config.data.batch_size)
+
+    def problem(self, hp: kt.HyperParameters) -> str | None:
+        """Why this proposal would be a wasted (or crashing) fit, or None; milliseconds, nothing is built."""
+        try:
+            config = self.config_for(hp)
+            plan_stages(config, self.steps_per_epoch(config))
+        except (ConfigError, ValueError) as exc:
+            return str(exc)
+        return self.model_problem(config)
+
+    def model_problem(self, config: Config) -> str | None:
+        return None
+
+    def geometry_facts(self, config: Config) -> dict[str, Any]:
+        """Final feature-map side and receptive field, where the arithmetic knows the model."""
+        return {"feature_size": None, "receptive_field": None}
+
+    # -- build and fit -------------------------------------------------------------------------------------
+    def build(self, hp: kt.HyperParameters) -> keras.Model:
+        """The trial's model, compiled for its first stage (as a Keras Tuner user expects from `build`)."""
+        config = self.config_for(hp)
+        model = build_model(config, self.num_classes, self.multilabel)
+        first = plan_stages(config, self.steps_per_epoch(config))[0]
+        set_trainable(model, first, config)
+        compile_model(model, config, first.lr, self.multilabel)
+        return model
+
+    def monitor(self) -> str:
+        """What picks a trial's best epoch: the objective when Keras logs it, else train.monitor."""
+        objective = self.base.tune.objective
+        return self.base.train.monitor if objective in REPORT_OBJECTIVES else objective
+
+    def fit(
+        self, hp: kt.HyperParameters, model: keras.Model, data: PreparedData, callbacks: Sequence[keras.callbacks.Callback] = (), **kwargs: Any
+    ) -> dict[str, float]:
+        """Train through the config's stages on `data` (prepared once per search); returns the best epoch's logs
+        (training ones as train_loss, train_accuracy), the metrics.json scores when the objective is one of them,
+        and the epochs run. The model ends with its best weights."""
+        config = self.config_for(hp)
+        config = dataclasses.replace(config, train=dataclasses.replace(config.train, verbose=0))  # the search prints one line per trial
+        stages = plan_stages(config, data.steps_per_epoch(config.data.batch_size))
+        best = BestWeights(self.monitor())
+        initial_epoch = int(hp.values.get("tuner/initial_epoch", 0))
+        if initial_epoch:  # a Hyperband promotion: continue the same schedule from where the last round stopped
+            stages = [dataclasses.replace(stages[0], epochs=stages[0].epochs - initial_epoch)]
+            callbacks = [ScheduleFrom(initial_epoch * data.steps_per_epoch(config.data.batch_size)), *callbacks]
+        with make_datasets(config, data) as datasets:
+            fit_stages(
+                model,
+                config,
+                stages,
+                datasets,
+                class_weight=data.class_weight,
+                multilabel=data.multilabel,
+                callbacks=[best, *callbacks],
+                restore_best=best.restore,
+                initial_epoch=initial_epoch,
+            )
+        best.restore()
+        results = {(k if k.startswith("val_") else f"train_{k}"): v for k, v in best.best_logs.items()}
+        if config.tune.objective in REPORT_OBJECTIVES:
+            probs = predict_probs(model, data.val, config, cache=data.val_cache, verbose=0)
+            results.update({k: float(v) for k, v in classification_metrics(data.val.labels, probs, data.multilabel).items() if k != "num_images"})
+            if config.tune.objective not in results:
+                raise ConfigError(f"config key tune.objective: {config.tune.objective} is not computed for this label type; choose from {sorted(results)}")
+        results["epochs"] = float(initial_epoch + best.epochs_run)
+        results["best_epoch"] = float(best.best_epoch or 0)
+        return results
+
+
+class ScheduleFrom(keras.callbacks.Callback):
+    """Start the optimizer's step count (what learning-rate schedules read) at `step` instead of 0."""
+
+    def __init__(self, step: int):
+        super().__init__()
+        self.step = step
+
+    def on_train_begin(self, logs: dict | None = None) -> None:
+        self.model.optimizer.iterations.assign(self.step)
+
+
+class _NoScope:
+    def __enter__(self) -> None:
+        return None
+
+    def __exit__(self, *exc: object) -> None:
+        return None
+
+
+class BaselineHyperModel(ConfigHyperModel):
+    """The baseline CNN: the number of blocks, and per block its filters, kernel size, strides, convs and pooling."""
+
+    def declare_model(self, hp: kt.HyperParameters, tree: dict[str, Any]) -> None:
+        base_blocks = tree["model"]["blocks"]
+        count_entry = self.space["blocks"]
+        count = count_entry.declare(hp, "blocks") if count_entry else len(base_blocks)
+        fewest = _smallest(count_entry) if count_entry else count
+        most = _largest(count_entry) if count_entry else count
+        blocks = []
+        for i in range(1, most + 1):
+            # block i exists when blocks >= i: its hyperparameters are conditional on that
+            scope = hp.conditional_scope("blocks", list(range(i, most + 1))) if i > fewest else _NoScope()
+            with scope:
+                block = dict(base_blocks[min(i, len(base_blocks)) - 1])
+                for key in ("filters", "kernel_size", "strides", "repeats", "pool"):
+                    entry = self.space[key]
+                    value = entry.declare(hp, f"{key}_{i}") if entry is not None else None
+                    if value is not None:
+                        block[key] = value
+            if i <= count:
+                blocks.append(block)
+        tree["model"]["blocks"] = blocks
+
+    def model_problem(self, config: Config) -> str | None:
+        return shape_problem(baseline_geometry(config.model.blocks, config.data.image_size), config.tune.min_feature_size)
+
+    def geometry_facts(self, config: Config) -> dict[str, Any]:
+        geometry = baseline_geometry(config.model.blocks, config.data.image_size)
+        return {"feature_size": geometry.feature_size, "receptive_field": geometry.receptive_field}
+
+
+class BackboneHyperModel(ConfigHyperModel):
+    """A pretrained backbone: which one, how deep stage 2 unfreezes, stage-1 and stage-2 rates, dropout, image size."""
+
+    def declare_model(self, hp: kt.HyperParameters, tree: dict[str, Any]) -> None:
+        self._declare(hp, tree, "backbone", "model.name")
+        self._declare(hp, tree, "unfreeze_blocks", "finetune.unfreeze_blocks")
+        self._declare(hp, tree, "finetune_learning_rate", "finetune.learning_rate")
+        self._declare(hp, tree, "image_size", "data.image_size")
+
+    def model_problem(self, config: Config) -> str | None:
+        if config.data.image_size < MIN_BACKBONE_SIZE:
+            return f"image size {config.data.image_size} is below the {MIN_BACKBONE_SIZE} pixels Keras Applications accept"
+        return None
+
+
+def make_hypermodel(config: Config, space: SearchSpace, num_classes: int, multilabel: bool, train_images: int) -> ConfigHyperModel:
+    """BackboneHyperModel when model.name is a pretrained backbone, else BaselineHyperModel."""
+    cls = BackboneHyperModel if space.backbone else BaselineHyperModel
+    return cls(config, space, num_classes, multilabel, train_images)

@@ -1,0 +1,222 @@
+"""What a search leaves a person to act on: trials.csv, best.yaml, summary.md, plots, TensorBoard HParams logs."""
+
+from __future__ import annotations
+
+import json
+import math
+from collections import Counter
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+
+from app.atomic import atomic_write, write_text
+from app.config import dump_config
+from app.plots import plt  # pyplot on the headless backend
+from tuning.hypermodels import HYPERBAND_KEYS
+
+TRIALS_FILE = "trials.csv"
+BEST_FILE = "best.yaml"
+SUMMARY_FILE = "summary.md"
+SCORES_PLOT = "scores.png"
+HYPERPARAMETERS_PLOT = "hyperparameters.png"
+TENSORBOARD_DIR = "tensorboard"
+FACTS = ("epochs", "best_epoch", "seconds", "params", "feature_size", "receptive_field")
+
+
+def searched_names(oracle: Any) -> list[str]:
+    """The hyperparameters of the space that take more than one value, in declaration order."""
+    return [hp.name for hp in oracle.get_space().space if type(hp).__name__ != "Fixed"]
+
+
+def trials_table(oracle: Any, search_dir: Path) -> pd.DataFrame:
+    """One row per trial: id, status, the objective, every hyperparameter, the trial's facts and other scores."""
+    objective = oracle.objective.name
+    names = [hp.name for hp in oracle.get_space().space]
+    rows = []
+    for trial_id in sorted(oracle.trials):
+        trial = oracle.trials[trial_id]
+        result_path = search_dir / f"trial_{trial_id}" / "result.json"
+        result = json.loads(result_path.read_text()) if result_path.is_file() else {}
+        metrics = result.get("metrics", {})
+        hp = trial.hyperparameters
+        row: dict[str, Any] = {"trial": trial_id, "status": trial.status, objective: trial.score}
+        row.update({name: hp.values.get(name) if hp.is_active(name) else None for name in names if name not in HYPERBAND_KEYS})
+        row.update({fact: result.get(fact, metrics.get(fact)) for fact in FACTS})
+        row.update({k: v for k, v in metrics.items() if k not in row and k not in FACTS})
+        row["message"] = (trial.message or "").strip().splitlines()[-1][:300] if trial.message else ""
+        rows.append(row)
+    return pd.DataFrame(rows)
+
+
+def best_trial(oracle: Any) -> Any | None:
+    best = [t for t in oracle.get_best_trials(1) if t.status == "COMPLETED"]
+    return best[0] if best else None
+
+
+def write_trials(oracle: Any, hypermodel: Any, search_dir: Path) -> pd.DataFrame:
+    """trials.csv and best.yaml (the best trial's complete config, for `imgclf train -c best.yaml`), after each trial."""
+    table = trials_table(oracle, search_dir)
+    atomic_write(search_dir / TRIALS_FILE, lambda p: table.to_csv(p, index=False))
+    best = best_trial(oracle)
+    if best is not None:
+        config = hypermodel.config_for(best.hyperparameters, for_training=True)
+        header = f"# best trial {best.trial_id} of search {search_dir.name}: {oracle.objective.name} = {best.score:.4f}\n# train it: imgclf train -c {search_dir / BEST_FILE}\n"
+        write_text(search_dir / BEST_FILE, header + dump_config(config))
+    return table
+
+
+def importance(table: pd.DataFrame, objective: str, names: list[str]) -> pd.DataFrame:
+    """Per searched hyperparameter: the spread of the mean objective between its values (numbers with more than
+    four distinct values are cut into three quantile bins). A rough guide from few trials, not a causal estimate."""
+    done = table[table["status"] == "COMPLETED"]
+    rows = []
+    for name in names:
+        if name not in done:
+            continue
+        column = done[[name, objective]].dropna()
+        if column[name].nunique() < 2:
+            continue
+        groups = column[name]
+        if pd.api.types.is_numeric_dtype(groups) and groups.nunique() > 4:
+            groups = pd.qcut(groups, 3, duplicates="drop").astype(str)
+        means = column.groupby(groups)[objective].mean()
+        rows.append({"hyperparameter": name, "spread": float(means.max() - means.min()), "best value (mean)": str(means.idxmax() if _maximise(objective) else means.idxmin()), "trials": len(column)})
+    return pd.DataFrame(rows, columns=["hyperparameter", "spread", "best value (mean)", "trials"]).sort_values("spread", ascending=False)
+
+
+def _maximise(objective: str) -> bool:
+    return not ("loss" in objective or "error" in objective)
+
+
+def plot_scores(table: pd.DataFrame, objective: str, path: Path) -> None:
+    """Score per trial, with the running best."""
+    done = table[table["status"] == "COMPLETED"]
+    fig, ax = plt.subplots(figsize=(7, 4))
+    if len(done):
+        order = np.arange(1, len(table) + 1)[table["status"].to_numpy() == "COMPLETED"]
+        scores = done[objective].to_numpy(dtype=float)
+        running = np.maximum.accumulate(scores) if _maximise(objective) else np.minimum.accumulate(scores)
+        ax.plot(order, scores, "o", label="trial")
+        ax.step(order, running, where="post", color="red", label="best so far")
+    ax.set_xlabel("trial")
+    ax.set_ylabel(objective)
+    ax.grid(alpha=0.3)
+    ax.legend()
+    fig.tight_layout()
+    atomic_write(path, lambda p: fig.savefig(p, format="png", dpi=100))
+    plt.close(fig)
+
+
+def plot_hyperparameters(table: pd.DataFrame, objective: str, names: list[str], path: Path) -> None:
+    """The objective against each searched hyperparameter (log axis for rates)."""
+    done = table[table["status"] == "COMPLETED"]
+    names = [n for n in names if n in done and done[n].notna().any()] or ["trial"]
+    cols = min(len(names), 4)
+    rows = math.ceil(len(names) / cols)
+    fig, axes = plt.subplots(rows, cols, figsize=(3.6 * cols, 3.0 * rows), squeeze=False)
+    for ax, name in zip(axes.flat, names):
+        column = done[[name, objective]].dropna()
+        values = column[name]
+        if pd.api.types.is_numeric_dtype(values):
+            ax.plot(values.to_numpy(dtype=float), column[objective], "o", alpha=0.7)
+            if "learning_rate" in name and (values > 0).all():
+                ax.set_xscale("log")
+        else:
+            labels = sorted(values.astype(str).unique())
+            ax.plot([labels.index(v) for v in values.astype(str)], column[objective], "o", alpha=0.7)
+            ax.set_xticks(range(len(labels)), labels, rotation=30, fontsize=8)
+        ax.set_title(name, fontsize=9)
+        ax.grid(alpha=0.3)
+    for ax in list(axes.flat)[len(names):]:
+        ax.axis("off")
+    fig.supylabel(objective)
+    fig.tight_layout()
+    atomic_write(path, lambda p: fig.savefig(p, format="png", dpi=100))
+    plt.close(fig)
+
+
+def write_summary(oracle: Any, table: pd.DataFrame, search_dir: Path, facts: dict[str, Any]) -> str:
+    """summary.md: the search in numbers, the best trials, the hyperparameters that mattered, skipped proposals."""
+    objective = oracle.objective.name
+    names = searched_names(oracle)
+    done = table[table["status"] == "COMPLETED"]
+    best = best_trial(oracle)
+    rejected = getattr(oracle, "rejected", [])
+    lines = [
+        f"# Search {search_dir.name}",
+        "",
+        f"- tuner: {facts['tuner']}, objective: {objective} ({'max' if _maximise(objective) else 'min'}), seed {facts['seed']}",
+        f"- data: {facts['train_images']} training and {facts['val_images']} validation images, {facts['image_size']} px",
+        f"- trials: {len(table)} trained ({len(done)} completed, {int((table['status'] == 'FAILED').sum()) if len(table) else 0} failed); "
+        f"{len(rejected)} proposals skipped without training (networks not worth training)",
+        f"- search time: {facts['seconds']:.0f} s",
+    ]
+    if best is not None:
+        lines.append(f"- best: {objective} = {best.score:.4f} (trial {best.trial_id}): `imgclf train -c {search_dir / BEST_FILE}`")
+    lines += ["", "## Best trials", ""]
+    if len(done):
+        shown = done.sort_values(objective, ascending=not _maximise(objective)).head(5)
+        columns = ["trial", objective, *[n for n in names if n in shown], *[f for f in FACTS if f in shown]]
+        lines.append(_markdown(shown[columns]))
+    else:
+        lines.append("No trial completed.")
+    lines += ["", "## Hyperparameters that mattered", "", "Spread of the mean objective between the values of each hyperparameter over the completed trials"]
+    lines += ["(numbers with more than four values in three bins): a guide from few trials, not a causal estimate.", ""]
+    effects = importance(table, objective, names) if len(table) else pd.DataFrame()
+    lines.append(_markdown(effects) if len(effects) else "Too few completed trials to compare.")
+    lines += ["", "## Proposals skipped without training", ""]
+    if rejected:
+        for reason, count in Counter(_reason_kind(r["reason"]) for r in rejected).most_common(8):
+            lines.append(f"- {count} x {reason}")
+    else:
+        lines.append("None: every proposal was a network worth training.")
+    lines += ["", f"Plots: `{SCORES_PLOT}`, `{HYPERPARAMETERS_PLOT}`. TensorBoard HParams: `tensorboard --logdir {search_dir / TENSORBOARD_DIR}`.", ""]
+    text = "\n".join(lines)
+    write_text(search_dir / SUMMARY_FILE, text)
+    return text
+
+
+def _reason_kind(reason: str) -> str:
+    """A reason without its block number, so that alike reasons count together."""
+    head, _, tail = reason.partition(": ")
+    return tail if head.startswith("block") else reason
+
+
+def _markdown(frame: pd.DataFrame) -> str:
+    def cell(v: Any) -> str:
+        if isinstance(v, float):
+            return "" if math.isnan(v) else f"{v:.4g}"
+        return "" if v is None else str(v)
+
+    header = "| " + " | ".join(str(c) for c in frame.columns) + " |"
+    rule = "|" + "|".join("---" for _ in frame.columns) + "|"
+    body = ["| " + " | ".join(cell(v) for v in row) + " |" for row in frame.itertuples(index=False)]
+    return "\n".join([header, rule, *body])
+
+
+class HParamsLog:
+    """TensorBoard HParams dashboard: the space once, then per trial its hyperparameters and epoch scores."""
+
+    def __init__(self, logdir: Path, names: list[str], metrics: list[str]):
+        import tensorflow as tf
+        from tensorboard.plugins.hparams import api as hparams_api
+
+        self.tf, self.api, self.logdir = tf, hparams_api, Path(logdir)
+        with tf.summary.create_file_writer(str(self.logdir)).as_default():
+            hparams_api.hparams_config(hparams=[hparams_api.HParam(n) for n in names], metrics=[hparams_api.Metric(m) for m in metrics])
+
+    def trial(self, trial_id: str, values: dict[str, Any], history: list[dict[str, float]], final: dict[str, float]) -> None:
+        writer = self.tf.summary.create_file_writer(str(self.logdir / f"trial_{trial_id}"))
+        with writer.as_default():
+            self.api.hparams({k: v for k, v in values.items() if isinstance(v, (int, float, str, bool))}, trial_id=trial_id)
+            for row in history:
+                for key, value in row.items():
+                    if key != "epoch":
+                        self.tf.summary.scalar(key, value, step=int(row["epoch"]))
+            last = int(history[-1]["epoch"]) if history else 0
+            for key, value in final.items():
+                if not any(key in row for row in history):
+                    self.tf.summary.scalar(key, value, step=last)
+        writer.close()

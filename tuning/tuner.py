@@ -1,0 +1,150 @@
+"""`SearchTuner`: KerasTuner's BaseTuner running each trial through the toolkit's fit path.
+
+KerasTuner keeps what it is good at: the oracle (proposals, seeds, retries), trial records and the resumable state
+in the search directory (`oracle.json`, `trial_*/trial.json`). Each trial then costs what fitting the model costs
+and little more: the data were prepared once for the whole search, the best weights stay in memory (no checkpoint
+file per epoch), no callbacks are deep-copied and TensorBoard is written once per trial, from its history.
+"""
+
+from __future__ import annotations
+
+import gc
+import logging
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import keras
+import keras_tuner as kt
+from keras_tuner.src.engine import base_tuner
+
+from app.atomic import write_json
+from app.config import Config
+from app.data import PreparedData
+from app.fitting import seed_everything
+from tuning.hypermodels import HYPERBAND_KEYS, ConfigHyperModel
+
+log = logging.getLogger(__name__)
+
+RESULT_FILE = "result.json"  # per trial: hyperparameters, config facts, metrics, history, seconds
+WEIGHTS_FILE = "model.weights.h5"  # per trial, Hyperband only: what the next round continues from
+
+
+class _History(keras.callbacks.Callback):
+    """Every epoch's logs, kept for result.json and TensorBoard."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.rows: list[dict[str, float]] = []
+
+    def on_epoch_end(self, epoch: int, logs: dict | None = None) -> None:
+        self.rows.append({"epoch": epoch + 1, **{k: float(v) for k, v in (logs or {}).items()}})
+
+
+class SearchTuner(base_tuner.BaseTuner):
+    """Runs trials of `hypermodel` proposed by `oracle` in `search_dir`, on data prepared by `data_for(config)`."""
+
+    def __init__(
+        self,
+        oracle: kt.Oracle,
+        hypermodel: ConfigHyperModel,
+        search_dir: Path,
+        data_for: Callable[[Config], PreparedData],
+        on_trial_done: Callable[[SearchTuner, kt.engine.trial.Trial], None] | None = None,
+        max_seconds: float | None = None,
+    ):
+        self.search_dir = Path(search_dir)
+        self.data_for = data_for
+        self.on_trial_done = on_trial_done
+        self.max_seconds = max_seconds
+        self.seconds_before = 0.0  # search time spent before this process (resumed searches)
+        self._started = time.perf_counter()
+        super().__init__(oracle, hypermodel, directory=str(self.search_dir.parent), project_name=self.search_dir.name)
+        oracle.verbose = 0  # one line per trial is printed by on_trial_done instead of KerasTuner's tables
+        oracle.check = self._check
+        oracle.time_left = self._time_left
+
+    # -- state -------------------------------------------------------------------------------------------
+    def elapsed(self) -> float:
+        return self.seconds_before + time.perf_counter() - self._started
+
+    def _time_left(self) -> bool:
+        return self.max_seconds is None or self.elapsed() < self.max_seconds
+
+    def get_state(self) -> dict[str, Any]:
+        return {"seconds": round(self.elapsed(), 1)}
+
+    def set_state(self, state: dict[str, Any]) -> None:
+        self.seconds_before = float(state.get("seconds", 0.0))
+
+    def _populate_initial_space(self) -> None:
+        """Declare the space, with every conditional branch made active once, by mapping hyperparameters to a
+        config: no model is built (KerasTuner would build one per branch)."""
+        hp = self.oracle.get_space()
+        self.hypermodel.declare_hyperparameters(hp)
+        self.oracle.update_space(hp)
+        seen: list[Any] = []
+        while True:
+            pending = [scope for scope in hp.inactive_scopes if scope not in seen]
+            if not pending:
+                break
+            seen.append(pending[0])
+            hp = self.oracle.get_space()
+            for condition in pending[0]:
+                hp.values[condition.name] = condition.values[0]
+            hp.ensure_active_values()
+            self.hypermodel.declare_hyperparameters(hp)
+            self.oracle.update_space(hp)
+
+    def hyperparameters_of(self, values: dict[str, Any]) -> kt.HyperParameters:
+        hp = self.oracle.get_space()
+        hp.values = dict(values)
+        hp.ensure_active_values()
+        return hp
+
+    def _check(self, values: dict[str, Any]) -> str | None:
+        return self.hypermodel.problem(self.hyperparameters_of(values))
+
+    def trial_dir(self, trial_id: str) -> Path:
+        return Path(self.get_trial_dir(trial_id))
+
+    def save(self) -> None:
+        super().save()
+
+    # -- trials --------------------------------------------------------------------------------------------
+    def run_trial(self, trial: kt.engine.trial.Trial, *args: Any, **kwargs: Any) -> dict[str, float]:
+        started = time.perf_counter()
+        hp = trial.hyperparameters
+        config = self.hypermodel.config_for(hp)
+        keras.backend.clear_session()  # the last trial's graphs and layer names go
+        gc.collect()
+        seed_everything(config.seed, config.train.deterministic)  # each trial starts from the same seed: comparable
+        try:
+            data = self.data_for(config)
+        except ValueError as exc:  # DataError, ConfigError: the user's to fix, not a failed trial to retry
+            raise kt.errors.FatalValueError(str(exc)) from None
+        model = self.hypermodel.build(hp)
+        if "tuner/trial_id" in hp.values:  # Hyperband: continue the trial this one was promoted from
+            model.load_weights(self.trial_dir(hp.values["tuner/trial_id"]) / WEIGHTS_FILE)
+        history = _History()
+        results = self.hypermodel.fit(hp, model, data, callbacks=[history])
+        if "tuner/epochs" in hp.values:
+            model.save_weights(self.trial_dir(trial.trial_id) / WEIGHTS_FILE)
+        facts = {
+            "params": int(model.count_params()),
+            **self.hypermodel.geometry_facts(config),
+            "seconds": round(time.perf_counter() - started, 2),
+        }
+        values = {k: v for k, v in hp.values.items() if k not in HYPERBAND_KEYS and hp.is_active(k)}
+        write_json(self.trial_dir(trial.trial_id) / RESULT_FILE, {"trial": trial.trial_id, "hyperparameters": values, **facts, "metrics": results, "history": history.rows})
+        del model
+        return results
+
+    def on_trial_end(self, trial: kt.engine.trial.Trial) -> None:
+        super().on_trial_end(trial)  # the oracle records the score and saves its state
+        if self.on_trial_done is not None:
+            self.on_trial_done(self, self.oracle.get_trial(trial.trial_id))
+
+    def on_search_begin(self) -> None:
+        self.save()  # the tuner's state exists from the start: a search killed in its first trial resumes too
