@@ -6,7 +6,7 @@ from pathlib import Path
 
 import pytest
 
-from app.config import Config, ConfigError, dump_config, load_config
+from app.config import ConvBlock, Config, ConfigError, dump_config, load_config
 
 
 def test_defaults_file_and_overrides(tmp_path: Path) -> None:
@@ -14,7 +14,7 @@ def test_defaults_file_and_overrides(tmp_path: Path) -> None:
     config = load_config(tmp_path / "c.yaml", ["train.epochs=7", "train.learning_rate=1e-4", "model.blocks=[[8, 3, 2]]", "data.val=null"])
     assert config.data.train == "images/" and config.data.image_size == 96
     assert config.train.epochs == 7 and config.train.learning_rate == pytest.approx(1e-4)
-    assert config.model.blocks == [[8, 3, 2]] and config.data.val is None
+    assert config.model.blocks == [ConvBlock(8, 3, 2)] and config.data.val is None  # typed at load
     assert config.data.batch_size == Config().data.batch_size  # untouched default
 
 
@@ -51,3 +51,26 @@ def test_missing_and_malformed_files(tmp_path: Path) -> None:
 def test_shipped_example_config_is_valid() -> None:
     config = load_config(Path(__file__).resolve().parents[1] / "configs" / "example.yaml")
     assert config.model.name == "baseline_cnn"
+
+
+@pytest.mark.parametrize(
+    "override,pattern",
+    [
+        ("model.blocks=[]", r"model.blocks is empty: the baseline CNN needs at least one block"),
+        ('model.blocks=[{filters: "32"}]', r"model.blocks\[0\].filters: '32' is not a int"),
+        ("model.blocks=[{kernel_size: 3}]", r"model.blocks\[0\]: filters is required"),
+        ("model.blocks=[[16], [0]]", r"model.blocks\[1\]: conv block .*filters must be a whole number >= 1"),
+        ("model.blocks=[{filters: 8, pool: sum}]", r"pool must be one of max, avg, none"),
+        ("model.blocks=[[8, 3, 1, 2]]", r"expected \{filters, kernel_size, strides\}"),
+    ],
+)
+def test_blocks_are_typed_and_checked_at_load(override: str, pattern: str) -> None:
+    with pytest.raises(ConfigError, match=pattern):
+        load_config(overrides=[override])
+
+
+def test_blocks_round_trip_through_the_saved_config(tmp_path: Path) -> None:
+    config = load_config(overrides=["model.blocks=[[8, 5, 2], {filters: 16, repeats: 1, pool: avg}]"])
+    assert config.model.blocks == [ConvBlock(8, 5, 2), ConvBlock(16, repeats=1, pool="avg")]
+    (tmp_path / "saved.yaml").write_text(dump_config(config))
+    assert load_config(tmp_path / "saved.yaml") == config

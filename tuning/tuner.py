@@ -117,8 +117,8 @@ class SearchTuner(base_tuner.BaseTuner):
         started = time.perf_counter()
         hp = trial.hyperparameters
         config = self.hypermodel.config_for(hp)
-        keras.backend.clear_session()  # the last trial's graphs and layer names go
-        gc.collect()
+        keras.backend.clear_session(free_memory=False)  # the last trial's graphs and layer names go ...
+        gc.collect()  # ... and its model, in a collection that only scans what was made since the search began
         seed_everything(config.seed, config.train.deterministic)  # each trial starts from the same seed: comparable
         try:
             data = self.data_for(config)
@@ -148,3 +148,10 @@ class SearchTuner(base_tuner.BaseTuner):
 
     def on_search_begin(self) -> None:
         self.save()  # the tuner's state exists from the start: a search killed in its first trial resumes too
+        # Everything alive now (TensorFlow, Keras, the prepared images) lives through the search: moving it out of
+        # the collector's sight makes the collection between trials cost milliseconds instead of ~0.3 s.
+        gc.collect()
+        gc.freeze()
+
+    def on_search_end(self) -> None:
+        gc.unfreeze()

@@ -1,0 +1,236 @@
+"""Search benchmark: what a trial of `imgclf tune` costs beyond fitting its model, memory over many trials, and
+fits spent on networks that should never be trained.
+
+    .venv/bin/python benchmarks/tuning.py            # about 10 minutes on 2 cores; JSON in benchmarks/results/
+    .venv/bin/python benchmarks/tuning.py --quick    # a smoke run
+
+Measured in one run, on the same synthetic images (3 classes, 32 px, cached) and the same small CNN:
+
+  T1  per-trial overhead: a search whose trials all train the same network (only the learning rate is searched),
+      against fitting each trial's exact config outside any tuner (build, compile, datasets, `fit`) on the same
+      prepared data; and plain KerasTuner (`RandomSearch` around the same build and `fit`) for comparison.
+      A trial's time is the gap between two trial ends in the search loop (oracle, results files, TensorBoard,
+      everything), so the first trial of each search is left out. Rounds alternate the three ways; the ratios
+      are medians of per-round ratios (the VMs this was written on change speed by up to 1.8x within seconds).
+  T2  peak RSS (VmHWM) after 5 and after 20 trials of one search over a wide space.
+  T3  fits of networks that fail the shape check, during the T2 search (every `Model.fit` is inspected).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import shutil
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+os.environ.setdefault("NO_ALBUMENTATIONS_UPDATE", "1")
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+import keras  # noqa: E402
+import keras_tuner as kt  # noqa: E402
+import numpy as np  # noqa: E402
+from PIL import Image  # noqa: E402
+
+from app.config import Config, load_config  # noqa: E402
+from app.data import make_datasets, prepare_data  # noqa: E402
+from app.fitting import build_model, compile_model, plan_stages, seed_everything  # noqa: E402
+from app.models.geometry import baseline_geometry, shape_problem  # noqa: E402
+from tuning import make_hypermodel, parse_space, search  # noqa: E402
+
+COLORS = [(220, 40, 40), (40, 200, 40), (40, 40, 220)]
+
+
+def make_images(root: Path, per_class: int, size: int = 40, seed: int = 0) -> Path:
+    """root/<class>/<i>.png: noisy images of one dominant colour per class."""
+    rng = np.random.default_rng(seed)
+    for c, color in enumerate(COLORS):
+        folder = root / f"class{c}"
+        folder.mkdir(parents=True, exist_ok=True)
+        for i in range(per_class):
+            pixels = np.clip(np.array(color) + rng.normal(0, 60, (size, size, 3)), 0, 255).astype(np.uint8)
+            Image.fromarray(pixels).save(folder / f"{i}.png")
+    return root
+
+
+def peak_kib() -> int:
+    for line in Path("/proc/self/status").read_text().splitlines():
+        if line.startswith("VmHWM:"):
+            return int(line.split()[1])
+    return 0
+
+
+def base_config(data: Path, out: Path, epochs: int) -> Config:
+    return load_config(
+        overrides=[
+            f"data.train={data}", "data.image_size=32", "data.batch_size=32", "data.cache=true", "augment.train=none",
+            f"train.epochs={epochs}", "train.early_stopping_patience=0", "train.verbose=0", f"output.dir={out}",
+        ]
+    )
+
+
+def overhead_config(base: Config, trials: int, seed: int) -> Config:
+    """Every hyperparameter fixed but the learning rate: every trial trains the same network for the same epochs."""
+    fixed = ["tune.space.blocks=3", "tune.space.filters=16", "tune.space.kernel_size=3", "tune.space.strides=1", "tune.space.repeats=1",
+             "tune.space.dropout=0.2", "tune.space.optimizer=adam", "tune.space.schedule=constant", "tune.space.augment=none"]
+    return load_config(overrides=[*fixed, f"tune.max_trials={trials}", f"tune.seed={seed}"], base=base)
+
+
+def time_search(config: Config) -> tuple[list[float], list[Config]]:
+    """Seconds per trial (gaps between trial ends, first trial left out) and each trial's config."""
+    ends: list[float] = []
+    result = search(config, restart=True, progress=lambda line: ends.append(time.perf_counter()) if line.startswith("[") else None)
+    hypermodel = make_hypermodel(config, parse_space(config), num_classes=3, multilabel=False, train_images=1)
+    configs = []
+    for lr in result.trials["learning_rate"]:  # each trial's exact config, as the search mapped it
+        hp = kt.HyperParameters()
+        hp.Fixed("learning_rate", float(lr))
+        configs.append(hypermodel.config_for(hp))
+    return list(np.diff(ends)), configs[1:]
+
+
+def time_plain(configs: list[Config], data: Any) -> list[float]:
+    """Build, compile and fit each config on the prepared data, outside any tuner."""
+    seconds = []
+    for config in configs:
+        started = time.perf_counter()
+        seed_everything(config.seed, config.train.deterministic)
+        model = build_model(config, data.num_classes, data.multilabel)
+        stage = plan_stages(config, data.steps_per_epoch(config.data.batch_size))[0]
+        compile_model(model, config, stage.lr, data.multilabel)
+        with make_datasets(config, data) as datasets:
+            model.fit(datasets.train, validation_data=datasets.val, epochs=config.train.epochs, verbose=0)
+        seconds.append(time.perf_counter() - started)
+    return seconds
+
+
+def time_keras_tuner(config: Config, data: Any, trials: int, folder: Path) -> list[float]:
+    """Plain KerasTuner: RandomSearch over the learning rate around the same build and fit."""
+
+    class Plain(kt.HyperModel):
+        def build(self, hp: kt.HyperParameters) -> keras.Model:
+            lr = hp.Float("learning_rate", 1e-4, 1e-2, sampling="log")
+            model = build_model(config, data.num_classes, data.multilabel)
+            compile_model(model, config, lr, data.multilabel)
+            return model
+
+    ends: list[float] = []
+
+    class TrialEnds(keras.callbacks.Callback):
+        def on_train_end(self, logs: dict | None = None) -> None:
+            ends.append(time.perf_counter())
+
+    tuner = kt.RandomSearch(Plain(), objective="val_accuracy", max_trials=trials, seed=1, directory=str(folder), project_name="plain", overwrite=True)
+    with make_datasets(config, data) as datasets:
+        tuner.search(datasets.train, validation_data=datasets.val, epochs=config.train.epochs, verbose=0, callbacks=[TrialEnds()])
+    return list(np.diff(ends))
+
+
+def measure_overhead(base: Config, trials: int, rounds: int) -> dict[str, Any]:
+    data = prepare_data(base)
+    per_round = []
+    for r in range(rounds):
+        tuned, configs = time_search(overhead_config(base, trials, seed=100 + r))
+        plain = time_plain(configs, data)
+        keras_tuner = time_keras_tuner(base, data, trials, Path(base.output.dir) / "kt")
+        per_round.append(
+            {
+                "search_s": tuned, "plain_fit_s": plain, "keras_tuner_s": keras_tuner,
+                "search_over_plain": float(np.median(tuned) / np.median(plain)),
+                "keras_tuner_over_plain": float(np.median(keras_tuner) / np.median(plain)),
+            }
+        )
+        print(f"round {r + 1}: trial {np.median(tuned):.2f} s, plain fit {np.median(plain):.2f} s, KerasTuner trial {np.median(keras_tuner):.2f} s", flush=True)
+    return {
+        "rounds": per_round,
+        "T1_search_over_plain": float(np.median([r["search_over_plain"] for r in per_round])),
+        "keras_tuner_over_plain": float(np.median([r["keras_tuner_over_plain"] for r in per_round])),
+    }
+
+
+def measure_memory_and_invalid(base: Config, trials: int) -> dict[str, Any]:
+    """A wide space (2-5 blocks, strides 1-2, kernels 3-7 at 32 px): many proposals fail the shape check."""
+    config = load_config(
+        overrides=["tune.space.blocks={min: 2, max: 5}", "tune.space.kernel_size=[3, 5, 7]", "tune.space.strides=[1, 2]", "tune.space.filters=[8, 16, 32]",
+                   "tune.space.repeats=[1, 2]", f"tune.max_trials={trials}", "tune.seed=7"],
+        base=base,
+    )
+    fitted: list[str | None] = []
+    real_fit = keras.Model.fit
+
+    def inspecting_fit(model: keras.Model, *args: Any, **kwargs: Any) -> Any:
+        blocks = [layer for layer in model.layers if layer.name.endswith("_conv1")]
+        from app.config import ConvBlock
+
+        specs = []
+        for b, layer in enumerate(blocks, start=1):
+            repeats = sum(1 for other in model.layers if other.name.startswith(f"block{b}_conv"))
+            pool = "none" if not any(other.name == f"block{b}_pool" for other in model.layers) else "max"
+            specs.append(ConvBlock(layer.filters, layer.kernel_size[0], layer.strides[0], repeats, pool))
+        fitted.append(shape_problem(baseline_geometry(specs, model.input.shape[1]), config.tune.min_feature_size))
+        return real_fit(model, *args, **kwargs)
+
+    peaks: dict[int, int] = {}
+
+    def progress(line: str) -> None:
+        if line.startswith("["):
+            done = int(line[1:].split("/")[0])
+            peaks[done] = peak_kib()
+
+    keras.Model.fit = inspecting_fit
+    try:
+        result = search(config, restart=True, progress=progress)
+    finally:
+        keras.Model.fit = real_fit
+    early = min(5, trials)
+    return {
+        "trials": len(result.trials),
+        "peak_rss_kib": {str(k): v for k, v in sorted(peaks.items())},
+        "T2_rss_last_over_5": peaks[max(peaks)] / peaks[early],
+        "fits": len(fitted),
+        "rejected_proposals": result.rejected,
+        "T3_fits_of_invalid_networks": sum(problem is not None for problem in fitted),
+    }
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--images", type=int, default=480, help="images per class")
+    parser.add_argument("--epochs", type=int, default=3)
+    parser.add_argument("--trials", type=int, default=6, help="trials per search in T1")
+    parser.add_argument("--rounds", type=int, default=3)
+    parser.add_argument("--memory-trials", type=int, default=20)
+    parser.add_argument("--quick", action="store_true", help="small: checks that the script runs")
+    parser.add_argument("--output", default=str(Path(__file__).resolve().parent / "results" / "tuning.json"))
+    args = parser.parse_args(argv)
+    if args.quick:
+        args.images, args.epochs, args.trials, args.rounds, args.memory_trials = 40, 1, 3, 1, 6
+    work = Path(tempfile.mkdtemp(prefix="imgclf-tuning-bench-"))
+    try:
+        data = make_images(work / "images", args.images)
+        base = base_config(data, work / "runs", args.epochs)
+        started = time.perf_counter()
+        report: dict[str, Any] = {"images": 3 * args.images, "epochs": args.epochs, "cpus": len(os.sched_getaffinity(0))}
+        report["overhead"] = measure_overhead(base, args.trials, args.rounds)
+        report["memory_and_invalid"] = measure_memory_and_invalid(base, args.memory_trials)
+        report["seconds"] = round(time.perf_counter() - started, 1)
+    finally:
+        shutil.rmtree(work, ignore_errors=True)
+    out = Path(args.output)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(json.dumps(report, indent=2) + "\n")
+    o, m = report["overhead"], report["memory_and_invalid"]
+    print(f"T1 trial time / plain fit: {o['T1_search_over_plain']:.3f} (target <= 1.05); plain KerasTuner: {o['keras_tuner_over_plain']:.3f}")
+    print(f"T2 peak RSS after {m['trials']} trials / after 5: {m['T2_rss_last_over_5']:.3f} (target <= 1.1)")
+    print(f"T3 fits of invalid networks: {m['T3_fits_of_invalid_networks']} of {m['fits']} fits ({m['rejected_proposals']} proposals skipped)")
+    print(f"written: {out}")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
