@@ -4,7 +4,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: demo test test-slow test-all setup clean
+.PHONY: demo test test-slow test-all notebooks setup clean
 
 demo: $(STAMP)
 	$(BIN)/imgclf demo
@@ -17,6 +17,9 @@ test-slow: $(STAMP)
 
 test-all: $(STAMP)
 	$(BIN)/python -m pytest
+
+notebooks: $(STAMP)
+	$(BIN)/python notebooks/execute.py
 
 setup: $(STAMP)
 

@@ -215,6 +215,7 @@ class TuneConfig:
     seed: int | None = None  # proposals; null: the top-level seed
     min_feature_size: int = 2  # smallest feature map (pixels) allowed before global pooling
     hyperband_factor: int = 3  # hyperband: keep 1/factor of the trials each round; train.epochs is its max_epochs
+    final_epochs: int | None = None  # train.epochs of best.yaml (the final run, --then-train); null: train.epochs
     initial_points: int | None = None  # bayesian: random trials before the Gaussian process (null: 3 per searched value, at least 3)
     space: SpaceConfig = field(default_factory=SpaceConfig)
 

@@ -27,3 +27,32 @@ def test_pipeline_benchmark_quick_run(tmp_path: Path):
         assert all(len(values) == report["repeats"] for values in row["rounds"].values())
     assert report["scaling_32px_cached"]["speedup"] > 0 and report["fit_32px"]["P2_fit_over_cpu_limit"] > 0
     assert report["rss_224px_files"]["x10"]["images"] == 10 * report["rss_224px_files"]["x1"]["images"]
+
+
+@pytest.mark.slow
+def test_tuning_benchmark_quick_run(tmp_path: Path):
+    out = tmp_path / "tuning.json"
+    done = subprocess.run([sys.executable, "benchmarks/tuning.py", "--quick", "--output", str(out)], cwd=REPO, capture_output=True, text=True, timeout=900, check=False)
+    assert done.returncode == 0, done.stderr[-3000:]
+    report = json.loads(out.read_text())
+    overhead, memory = report["overhead"], report["memory_and_invalid"]
+    assert overhead["T1_search_over_plain"] > 0 and overhead["keras_tuner_over_plain"] > 0
+    assert all(len(r["search_s"]) == len(r["plain_fit_s"]) > 0 for r in overhead["rounds"])
+    assert memory["fits"] == memory["trials"] and memory["T3_fits_of_invalid_networks"] == 0
+    assert memory["T2_rss_last_over_5"] > 0
+
+
+@pytest.mark.slow
+def test_search_quality_benchmark_quick_run(tmp_path: Path):
+    from tests.conftest import require_shared
+
+    flowers = require_shared("flowers")
+    out = tmp_path / "quality.json"
+    done = subprocess.run(
+        [sys.executable, "benchmarks/search_quality.py", "--quick", "--data", str(flowers), "--output", str(out)], cwd=REPO, capture_output=True, text=True, timeout=900, check=False
+    )
+    assert done.returncode == 0, done.stderr[-3000:]
+    report = json.loads(out.read_text())
+    for side in ("search", "reference"):
+        assert 0 <= report[side]["holdout"]["accuracy"] <= 1 and report[side]["holdout"]["num_images"] > 0
+    assert report["search"]["trials"] >= 1 and report["reference"]["epochs"] >= 1

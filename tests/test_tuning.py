@@ -141,7 +141,7 @@ def test_invalid_networks_are_skipped_without_a_fit(tiny_config: Config, tmp_pat
 
 def test_a_search_writes_every_result_and_its_best_yaml_trains(tiny_config: Config, tmp_path: Path) -> None:
     lines: list[str] = []
-    config = tune_config(tiny_config, "tune.max_trials=2", "tune.objective=macro_f1")
+    config = tune_config(tiny_config, "tune.max_trials=2", "tune.objective=macro_f1", "tune.final_epochs=3")
     result = search(config, progress=lines.append)
     folder = result.search_dir
     for name in (TRIALS_FILE, BEST_FILE, SUMMARY_FILE, SCORES_PLOT, HYPERPARAMETERS_PLOT, "config.yaml", "search.json"):
@@ -156,6 +156,7 @@ def test_a_search_writes_every_result_and_its_best_yaml_trains(tiny_config: Conf
     assert sum(line.startswith("[") and "trial" in line for line in lines) == 2  # one progress line per trial
 
     best = load_config(result.best_config)
+    assert best.train.epochs == 3  # tune.final_epochs: trials ran 1 epoch, the final run trains 3
     best_row = trials.loc[trials["macro_f1"].idxmax()]
     assert len(best.model.blocks) == best_row["blocks"] and best.model.blocks[0].filters == best_row["filters_1"]
     trained = train(load_config(overrides=[f"output.dir={tmp_path / 'best'}"], base=best))
@@ -266,3 +267,39 @@ def test_a_killed_search_resumes_without_redoing_finished_trials(tiny_config: Co
     trials = pd.read_csv(folder / TRIALS_FILE)
     assert sorted(trials["trial"]) == [0, 1, 2] and (trials["status"] == "COMPLETED").all()  # each trial once, the killed one rerun
     assert (folder / "search.json").is_file()
+
+
+def test_a_time_budget_stops_the_search(tiny_config: Config) -> None:
+    result = search(tune_config(tiny_config, "tune.max_trials=5", "tune.max_minutes=0.001"), progress=lambda line: None)
+    assert len(result.trials) <= 1  # no trial starts once 0.06 s of search have passed
+    assert (result.search_dir / "search.json").is_file()
+
+
+def test_backbone_space_maps_onto_the_backbone_config(tiny_config: Config) -> None:
+    config = tune_config(
+        tiny_config, "model.name=efficientnetb0", "model.weights=null", "finetune.epochs=1", "tune.space.backbone=[efficientnetb0, resnet50v2]",
+        "tune.space.unfreeze_blocks=[1, 2]", "tune.space.finetune_learning_rate={min: 0.00001, max: 0.001, sampling: log}", "tune.space.image_size=[16, 32]",
+    )
+    hypermodel = hypermodel_for(config)
+    assert type(hypermodel).__name__ == "BackboneHyperModel"
+    hp = kt.HyperParameters()
+    hp.Fixed("backbone", "resnet50v2")
+    hp.Fixed("unfreeze_blocks", 2)
+    hp.Fixed("image_size", 32)
+    trial_config = hypermodel.config_for(hp)
+    assert (trial_config.model.name, trial_config.finetune.unfreeze_blocks, trial_config.data.image_size) == ("resnet50v2", 2, 32)
+    assert "filters_1" not in hp.values  # the baseline's block hyperparameters are not part of a backbone search
+    small = kt.HyperParameters()
+    small.Fixed("image_size", 16)
+    assert "below the 32 pixels" in hypermodel.problem(small)  # rejected before any build
+
+
+def test_a_backbone_search_trains_two_stages(tiny_config: Config) -> None:
+    config = tune_config(
+        tiny_config, "model.name=efficientnetb0", "model.weights=null", "finetune.epochs=1", "tune.space.unfreeze_blocks=[1, 2]",
+        "tune.space.finetune_learning_rate=[0.0001, 0.001]", "tune.max_trials=1",
+    )
+    result = search(config, progress=lambda line: None)
+    row = result.trials.iloc[0]
+    assert row["status"] == "COMPLETED" and row["epochs"] == 2  # one epoch of the head, one fine-tuning
+    assert load_config(result.best_config).model.name == "efficientnetb0"

@@ -58,8 +58,8 @@ class ConfigHyperModel(kt.HyperModel):
 
     # -- hyperparameters -> config ---------------------------------------------------------------------------
     def config_for(self, hp: kt.HyperParameters, for_training: bool = False) -> Config:
-        """The complete config of a trial. `for_training` keeps train.epochs (Hyperband's max_epochs) instead of the
-        epochs of the trial's Hyperband round (best.yaml)."""
+        """The complete config of a trial; `for_training`: of the final run (best.yaml), which trains for
+        tune.final_epochs (default train.epochs, Hyperband's max_epochs) instead of the trial's epochs."""
         tree = to_dict(self.base)
         self.declare_model(hp, tree)
         self._declare(hp, tree, "dropout", "model.dropout")
@@ -70,21 +70,25 @@ class ConfigHyperModel(kt.HyperModel):
         self._declare_schedule(hp, tree)
         if "tuner/epochs" in hp.values and not for_training:  # Hyperband: this round trains up to tuner/epochs
             tree["train"]["epochs"] = int(hp.values["tuner/epochs"])
+        if for_training and self.base.tune.final_epochs:  # short trials, then the winner trains longer
+            tree["train"]["epochs"] = self.base.tune.final_epochs
         tree["output"]["name"] = None
         return from_dict(Config, tree)
 
     def declare_model(self, hp: kt.HyperParameters, tree: dict[str, Any]) -> None:
-        raise NotImplementedError
+        """The model's own hyperparameters, written into the config tree (each subclass declares its own)."""
+        raise NotImplementedError(f"{type(self).__name__} must declare its model's hyperparameters")
 
     def declare_hyperparameters(self, hp: kt.HyperParameters) -> None:
         """Declare the whole space without building a model (KerasTuner calls this before the first trial)."""
         self.config_for(hp)
 
-    def _declare(self, hp: kt.HyperParameters, tree: dict[str, Any], key: str, path: str, name: str | None = None) -> Any:
+    def _declare(self, hp: kt.HyperParameters, tree: dict[str, Any], key: str, path: str) -> Any:
+        """The hyperparameter `key` (when tune.space searches or fixes it), written into the config at `path`."""
         entry = self.space[key]
         if entry is None:
             return None
-        value = entry.declare(hp, name or key)
+        value = entry.declare(hp, key)
         if value is not None:
             _set(tree, path, value)
         return value

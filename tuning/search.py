@@ -13,7 +13,7 @@ import json
 import logging
 import time
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -52,6 +52,7 @@ class SearchResult:
     trials: pd.DataFrame
     rejected: int  # proposals skipped without training
     resumed: bool
+    prepared: dict[int, PreparedData] = field(default_factory=dict, repr=False)  # the search's data, per image size
 
 
 def search_identity(config_text: str) -> dict[str, Any]:
@@ -105,7 +106,8 @@ def open_search_dir(config: Config, config_text: str, restart: bool) -> tuple[Pa
                 "Fix: choose another output.name, or leave it unset for a new timestamped search"
             )
         if (path / FINISHED_FILE).is_file() or restart:
-            raise ConfigError(f"{path}: this search has {'finished' if not restart else 'results'} already. Fix: choose another output.name for a new search")
+            done = "has finished" if (path / FINISHED_FILE).is_file() else "exists"
+            raise ConfigError(f"{path}: this search {done}, and a new search needs a directory of its own. Fix: choose another output.name")
         if runs.is_locked(path):
             raise ConfigError(f"{path}: another process is running this search now")
         runs.lock_run_dir(path)
@@ -167,10 +169,9 @@ def search(config: Config, restart: bool = False, progress: Callable[[str], None
         hparams: results.HParamsLog | None = None
 
         def trial_done(tuner: SearchTuner, trial: kt.engine.trial.Trial) -> None:
-            table = results.write_trials(tuner.oracle, hypermodel, search_dir)
+            results.write_trials(tuner.oracle, hypermodel, search_dir)
             _log_hparams(hparams, tuner, trial)
             progress(_progress_line(tuner, trial, config.tune.max_trials, tuner.oracle.get_space()))
-            del table
 
         tuner = SearchTuner(
             oracle, hypermodel, search_dir, data_for, on_trial_done=trial_done, max_seconds=config.tune.max_minutes * 60 if config.tune.max_minutes else None
@@ -216,7 +217,7 @@ def search(config: Config, restart: bool = False, progress: Callable[[str], None
     finally:
         runs.release_run_dir(search_dir)
     best_path = search_dir / results.BEST_FILE
-    return SearchResult(search_dir, config.tune.objective, best.score if best else None, best_path if best else None, table, rejected, resumed)
+    return SearchResult(search_dir, config.tune.objective, best.score if best else None, best_path if best else None, table, rejected, resumed, prepared)
 
 
 def _log_hparams(hparams: results.HParamsLog | None, tuner: SearchTuner, trial: kt.engine.trial.Trial) -> None:
@@ -248,7 +249,8 @@ def train_best(result: SearchResult) -> TrainedBest:
     from app.submission import submit
     from app.training import train
 
-    trained = train(load_best_config(result))
+    best = load_best_config(result)
+    trained = train(best, data=result.prepared.get(best.data.image_size))  # the images the search decoded
     submission = None
     run = load_run(trained.run_dir)
     if run.config.data.test:

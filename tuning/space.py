@@ -198,6 +198,8 @@ def parse_space(config: Config) -> SearchSpace:
         raise ConfigError(f"config key tune.max_minutes: {tune.max_minutes} must be > 0 (or null for no time limit)")
     if tune.min_feature_size < 1:
         raise ConfigError(f"config key tune.min_feature_size: {tune.min_feature_size} must be >= 1")
+    if tune.final_epochs is not None and tune.final_epochs < 1:
+        raise ConfigError(f"config key tune.final_epochs: {tune.final_epochs} must be >= 1 (or null for train.epochs)")
     if tune.hyperband_factor < 2:
         raise ConfigError(f"config key tune.hyperband_factor: {tune.hyperband_factor} must be >= 2")
     backbone = is_backbone(config.model.name)

@@ -109,9 +109,6 @@ class SearchTuner(base_tuner.BaseTuner):
     def trial_dir(self, trial_id: str) -> Path:
         return Path(self.get_trial_dir(trial_id))
 
-    def save(self) -> None:
-        super().save()
-
     # -- trials --------------------------------------------------------------------------------------------
     def run_trial(self, trial: kt.engine.trial.Trial, *args: Any, **kwargs: Any) -> dict[str, float]:
         started = time.perf_counter()
