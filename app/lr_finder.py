@@ -14,7 +14,7 @@ from app.atomic import atomic_write
 from app.config import Config
 from app.data import make_datasets, prepare_data
 from app.fitting import build_model, compile_model, plan_stages, seed_everything, set_trainable
-from app.plots import plt  # pyplot on the headless backend
+from app.plots import subplots
 
 
 @dataclass
@@ -82,7 +82,7 @@ def _range_test(model: keras.Model, schedule: Any, dataset: Any, weights: dict[i
 
 def plot_lr_finder(result: LRFinderResult, path: str) -> None:
     """Loss (raw and smoothed) against learning rate on a log axis, the suggestion marked."""
-    fig, ax = plt.subplots(figsize=(7, 4))
+    fig, ax = subplots(figsize=(7, 4))
     ax.plot(result.learning_rates, result.losses, alpha=0.3, label="loss per batch")
     ax.plot(result.learning_rates, result.smoothed, label="smoothed")
     ax.axvline(result.suggested_lr, color="red", ls="--", label=f"suggested {result.suggested_lr:.2e}")
@@ -95,4 +95,3 @@ def plot_lr_finder(result: LRFinderResult, path: str) -> None:
     ax.legend()
     fig.tight_layout()
     atomic_write(path, lambda p: fig.savefig(p, format="png", dpi=100))
-    plt.close(fig)

@@ -1,4 +1,4 @@
-"""Training curves as a PNG (matplotlib, headless)."""
+"""Training curves as a PNG (matplotlib, off-screen), and `subplots`, the figure factory every plot here uses."""
 
 from __future__ import annotations
 
@@ -6,18 +6,22 @@ import os
 from collections.abc import Mapping, Sequence
 from typing import Any
 
-import matplotlib
+from matplotlib.figure import Figure
 
-matplotlib.use("Agg")
-import matplotlib.pyplot as plt  # noqa: E402
+from app.atomic import atomic_write
 
-from app.atomic import atomic_write  # noqa: E402
+
+def subplots(nrows: int = 1, ncols: int = 1, figsize: tuple[float, float] | None = None, **kwargs: Any) -> tuple[Figure, Any]:
+    """(figure, axes) like `plt.subplots`, drawn off-screen: a bare `Figure` needs no pyplot backend, so saving a
+    plot never switches a notebook's backend nor opens a window, and nothing has to be closed."""
+    fig = Figure(figsize=figsize)
+    return fig, fig.subplots(nrows, ncols, **kwargs)
 
 
 def plot_history(history: Mapping[str, Sequence[float]], path: str | os.PathLike) -> None:
     """One panel per metric (loss, accuracy, ...), training and validation curves per epoch."""
     names = [k for k in history if not k.startswith("val_") and k not in ("epoch", "learning_rate", "lr")]
-    fig, axes = plt.subplots(1, max(len(names), 1), figsize=(5 * max(len(names), 1), 3.6), squeeze=False)
+    fig, axes = subplots(1, max(len(names), 1), figsize=(5 * max(len(names), 1), 3.6), squeeze=False)
     for ax, name in zip(axes[0], names):
         epochs = range(1, len(history[name]) + 1)
         ax.plot(epochs, history[name], marker="o", ms=3, label="train")
@@ -29,14 +33,13 @@ def plot_history(history: Mapping[str, Sequence[float]], path: str | os.PathLike
         ax.legend()
     fig.tight_layout()
     atomic_write(path, lambda p: fig.savefig(p, format="png", dpi=100))
-    plt.close(fig)
 
 
 def plot_lr_schedule(stages: Sequence[tuple[str, Any, int]], steps_per_epoch: int, path: str | os.PathLike) -> None:
     """Learning rate per optimizer step for each (stage name, schedule or number, epochs), stages end to end."""
     from app.schedules import lr_values  # app.schedules imports keras: only when plotting schedules
 
-    fig, ax = plt.subplots(figsize=(7, 3.6))
+    fig, ax = subplots(figsize=(7, 3.6))
     offset = 0
     for name, schedule, epochs in stages:
         steps, values = lr_values(schedule, epochs * steps_per_epoch)
@@ -49,4 +52,3 @@ def plot_lr_schedule(stages: Sequence[tuple[str, Any, int]], steps_per_epoch: in
     ax.legend()
     fig.tight_layout()
     atomic_write(path, lambda p: fig.savefig(p, format="png", dpi=100))
-    plt.close(fig)

@@ -8,19 +8,16 @@ import os
 from pathlib import Path
 from typing import Any
 
-import matplotlib
+import numpy as np
+import pandas as pd
+from sklearn.metrics import ConfusionMatrixDisplay, multilabel_confusion_matrix, precision_recall_fscore_support, roc_auc_score
 
-matplotlib.use("Agg")
-import matplotlib.pyplot as plt  # noqa: E402
-import numpy as np  # noqa: E402
-import pandas as pd  # noqa: E402
-from sklearn.metrics import ConfusionMatrixDisplay, multilabel_confusion_matrix, precision_recall_fscore_support, roc_auc_score  # noqa: E402
-
-from app.atomic import atomic_write  # noqa: E402
-from app.evaluation import classification_metrics  # noqa: E402
-from pipelines.errors import ImageReadError  # noqa: E402
-from pipelines.images import read_image  # noqa: E402
-from pipelines.sources import ImageSet  # noqa: E402
+from app.atomic import atomic_write
+from app.evaluation import classification_metrics
+from app.plots import subplots
+from pipelines.errors import ImageReadError
+from pipelines.images import read_image
+from pipelines.sources import ImageSet
 
 log = logging.getLogger(__name__)
 REPORT_FILES = ("per_class.csv", "confusion_matrix.png", "mistakes.png")
@@ -48,7 +45,7 @@ def plot_confusion_matrix(images: ImageSet, probs: np.ndarray, path: str | os.Pa
         matrices = multilabel_confusion_matrix(truth, (probs >= threshold).astype(int))
         shown = min(len(names), 24)
         cols = min(shown, 6)
-        fig, axes = plt.subplots((shown + cols - 1) // cols, cols, figsize=(2.4 * cols, 2.4 * ((shown + cols - 1) // cols)), squeeze=False)
+        fig, axes = subplots((shown + cols - 1) // cols, cols, figsize=(2.4 * cols, 2.4 * ((shown + cols - 1) // cols)), squeeze=False)
         for ax, name, matrix in zip(axes.flat, names, matrices):
             ConfusionMatrixDisplay(matrix, display_labels=["no", "yes"]).plot(ax=ax, colorbar=False)
             ax.set_title(name, fontsize=9)
@@ -57,7 +54,7 @@ def plot_confusion_matrix(images: ImageSet, probs: np.ndarray, path: str | os.Pa
         fig.suptitle("per-class confusion (rows: truth)" + (f", first {shown} of {len(names)} classes" if shown < len(names) else ""))
     else:
         side = min(max(6.0, 0.35 * len(names)), 40.0)
-        fig, ax = plt.subplots(figsize=(side, side))
+        fig, ax = subplots(figsize=(side, side))
         ConfusionMatrixDisplay.from_predictions(
             truth, probs.argmax(axis=1), labels=list(range(len(names))), display_labels=names, normalize="true",
             include_values=len(names) <= 20, values_format=".2f", xticks_rotation="vertical", ax=ax, colorbar=len(names) <= 20,
@@ -65,7 +62,6 @@ def plot_confusion_matrix(images: ImageSet, probs: np.ndarray, path: str | os.Pa
         ax.set_title("confusion matrix (rows: truth, normalised)")
     fig.tight_layout()
     atomic_write(path, lambda p: fig.savefig(p, format="png", dpi=100))
-    plt.close(fig)
 
 
 def confident_mistakes(images: ImageSet, probs: np.ndarray, count: int = 16, threshold: float = 0.5) -> list[tuple[int, str, str, float]]:
@@ -90,7 +86,7 @@ def plot_mistakes(images: ImageSet, probs: np.ndarray, path: str | os.PathLike, 
     mistakes = confident_mistakes(images, probs, count)
     cols = 4
     rows = max(1, (len(mistakes) + cols - 1) // cols)
-    fig, axes = plt.subplots(rows, cols, figsize=(3.2 * cols, 3.4 * rows), squeeze=False)
+    fig, axes = subplots(rows, cols, figsize=(3.2 * cols, 3.4 * rows), squeeze=False)
     for ax in axes.flat:
         ax.axis("off")
     if not mistakes:
@@ -104,7 +100,6 @@ def plot_mistakes(images: ImageSet, probs: np.ndarray, path: str | os.PathLike, 
     fig.suptitle("most confident mistakes")
     fig.tight_layout()
     atomic_write(path, lambda p: fig.savefig(p, format="png", dpi=80))
-    plt.close(fig)
     return len(mistakes)
 
 

@@ -10,10 +10,11 @@ from typing import Any
 
 import numpy as np
 import pandas as pd
+from matplotlib.ticker import MaxNLocator
 
 from app.atomic import atomic_write, write_text
 from app.config import dump_config
-from app.plots import plt  # pyplot on the headless backend
+from app.plots import subplots
 from tuning.hypermodels import HYPERBAND_KEYS
 
 TRIALS_FILE = "trials.csv"
@@ -47,6 +48,8 @@ def trials_table(oracle: Any, search_dir: Path) -> pd.DataFrame:
         row.update({k: v for k, v in metrics.items() if k not in row and k not in FACTS})
         row["message"] = (trial.message or "").strip().splitlines()[-1][:300] if trial.message else ""
         rows.append(row)
+    if not rows:  # no trial yet (a time budget spent before the first): the columns all the same
+        return pd.DataFrame(columns=["trial", "status", objective, *[n for n in names if n not in HYPERBAND_KEYS], *FACTS, "message"])
     return pd.DataFrame(rows)
 
 
@@ -93,7 +96,7 @@ def _maximise(objective: str) -> bool:
 def plot_scores(table: pd.DataFrame, objective: str, path: Path) -> None:
     """Score per trial, with the running best."""
     done = table[table["status"] == "COMPLETED"]
-    fig, ax = plt.subplots(figsize=(7, 4))
+    fig, ax = subplots(figsize=(7, 4))
     if len(done):
         order = np.arange(1, len(table) + 1)[table["status"].to_numpy() == "COMPLETED"]
         scores = done[objective].to_numpy(dtype=float)
@@ -101,12 +104,12 @@ def plot_scores(table: pd.DataFrame, objective: str, path: Path) -> None:
         ax.plot(order, scores, "o", label="trial")
         ax.step(order, running, where="post", color="red", label="best so far")
     ax.set_xlabel("trial")
+    ax.xaxis.set_major_locator(MaxNLocator(integer=True))
     ax.set_ylabel(objective)
     ax.grid(alpha=0.3)
     ax.legend()
     fig.tight_layout()
     atomic_write(path, lambda p: fig.savefig(p, format="png", dpi=100))
-    plt.close(fig)
 
 
 def plot_hyperparameters(table: pd.DataFrame, objective: str, names: list[str], path: Path) -> None:
@@ -115,7 +118,7 @@ def plot_hyperparameters(table: pd.DataFrame, objective: str, names: list[str], 
     names = [n for n in names if n in done and done[n].notna().any()] or ["trial"]
     cols = min(len(names), 4)
     rows = math.ceil(len(names) / cols)
-    fig, axes = plt.subplots(rows, cols, figsize=(3.6 * cols, 3.0 * rows), squeeze=False)
+    fig, axes = subplots(rows, cols, figsize=(3.6 * cols, 3.0 * rows), squeeze=False)
     for ax, name in zip(axes.flat, names):
         column = done[[name, objective]].dropna()
         values = column[name]
@@ -134,7 +137,6 @@ def plot_hyperparameters(table: pd.DataFrame, objective: str, names: list[str], 
     fig.supylabel(objective)
     fig.tight_layout()
     atomic_write(path, lambda p: fig.savefig(p, format="png", dpi=100))
-    plt.close(fig)
 
 
 def write_summary(oracle: Any, table: pd.DataFrame, search_dir: Path, facts: dict[str, Any]) -> str:
