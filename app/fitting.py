@@ -21,7 +21,7 @@ import tensorflow as tf
 
 from app.callbacks import check_plateau_callbacks, monitor_mode
 from app.config import Config, ScheduleConfig
-from app.data import Datasets
+from app.data import Datasets, PreparedData
 from app.models import create_model, is_backbone
 from app.models.backbones import find_backbone, freeze_backbone, unfreeze_model
 from app.optimization import make_loss_and_metrics, make_optimizer
@@ -117,9 +117,8 @@ def fit_stages(
     config: Config,
     stages: Sequence[Stage],
     datasets: Datasets,
+    data: PreparedData,
     *,
-    class_weight: dict[int, float] | None,
-    multilabel: bool,
     strategy: tf.distribute.Strategy | None = None,
     callbacks: Sequence[keras.callbacks.Callback] = (),
     stage_callbacks: Callable[[Stage], list[keras.callbacks.Callback]] | None = None,
@@ -127,7 +126,8 @@ def fit_stages(
     finished: Callable[[Stage], int | None] | None = None,
     initial_epoch: int = 0,
 ) -> dict[str, int]:
-    """One `model.fit` per stage, epochs numbered across stages; returns the epochs each stage ran.
+    """One `model.fit` per stage on `datasets` (made from `data`, which gives the class weights and label type),
+    epochs numbered across stages; returns the epochs each stage ran.
 
     `stage_callbacks(stage)` adds a caller's per-stage callbacks before `callbacks` and the standard ones (early
     stopping, plateau); `restore_best()` loads the best weights so far before stage 2; `finished(stage)` returns the
@@ -143,7 +143,7 @@ def fit_stages(
         if stage.name != "train" and restore_best is not None:
             restore_best()  # stage 2 starts from the best weights of stage 1
         with strategy.scope():
-            compile_model(model, config, stage.lr, multilabel)
+            compile_model(model, config, stage.lr, data.multilabel)
         stage_cbs = [*(stage_callbacks(stage) if stage_callbacks else []), *callbacks, *standard_callbacks(config, stage)]
         check_plateau_callbacks(stage_cbs, model.optimizer, stage.schedule.name)
         model._initial_epoch = None  # a restore in an earlier stage's fit must not carry over (Keras keeps it on the model)
@@ -152,7 +152,7 @@ def fit_stages(
             validation_data=datasets.val,
             initial_epoch=epoch,
             epochs=epoch + stage.epochs,
-            class_weight=class_weight,
+            class_weight=data.class_weight,
             callbacks=stage_cbs,
             verbose=config.train.verbose,
             shuffle=False,  # the dataset shuffles
