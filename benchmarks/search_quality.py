@@ -2,6 +2,7 @@
 
     .venv/bin/python benchmarks/search_quality.py                         # flowers, 64 px: about an hour on 2 cores
     .venv/bin/python benchmarks/search_quality.py --quick                 # a smoke run on a few images
+    .venv/bin/python benchmarks/search_quality.py --set tune.tuner=hyperband --set train.epochs=9   # another search
 
 In one run, on one photo set (default ../shared/data/flowers, folder per class):
   1. 15 % of the images are set aside (stratified, seeded) as a hold-out test set neither side ever sees: the search
@@ -81,6 +82,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--final-epochs", type=int, default=30, help="epochs of the best configuration's final run")
     parser.add_argument("--holdout", type=float, default=0.15)
     parser.add_argument("--seed", type=int, default=42)
+    parser.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
+                        help="override the search's config (configs/search.yaml), e.g. tune.tuner=hyperband (repeatable)")
     parser.add_argument("--quick", action="store_true", help="300 images, 1-minute search, few epochs: checks that the script runs")
     parser.add_argument("--output", default=str(REPO / "benchmarks" / "results" / "search_quality.json"))
     args = parser.parse_args(argv)
@@ -95,7 +98,7 @@ def main(argv: list[str] | None = None) -> int:
         started = time.perf_counter()
         search_config = load_config(REPO / "configs" / "search.yaml", [
             *base, f"train.epochs={args.trial_epochs}", f"tune.final_epochs={args.final_epochs}", f"tune.max_minutes={args.search_minutes}",
-            "tune.max_trials=1000", f"seed={args.seed}",
+            "tune.max_trials=1000", f"seed={args.seed}", *args.overrides,
         ])
         result = search(search_config, progress=lambda line: print(line, flush=True))
         searched = time.perf_counter() - started
@@ -117,7 +120,7 @@ def main(argv: list[str] | None = None) -> int:
         reference_seconds = time.perf_counter() - reference_started
 
         report: dict[str, Any] = {
-            "data": args.data, "image_size": args.size, "holdout_fraction": args.holdout, "seed": args.seed,
+            "data": args.data, "image_size": args.size, "holdout_fraction": args.holdout, "seed": args.seed, "search_overrides": args.overrides,
             "search": {
                 "search_dir": str(result.search_dir), "trials": len(result.trials), "rejected_proposals": result.rejected,
                 "best_trial_val": result.best_score, "search_seconds": round(searched, 1), "final_run_seconds": round(budget - searched, 1),
