@@ -8,6 +8,7 @@
     imgclf plot-lr -c config.yaml                    # the learning rate per step, before any training
     imgclf find-lr -c config.yaml                    # LR range test: loss vs learning rate, a suggested rate
     imgclf tune -c configs/search.yaml [--then-train] # architecture / hyperparameter search (tuning/)
+    imgclf explain runs/<run> anatomy|feature-maps IMAGE|gradcam [--mistakes]   # what the model computes (app/explain/)
 """
 
 from __future__ import annotations
@@ -33,6 +34,7 @@ EPILOG = """examples:
   imgclf plot-lr -c configs/finetune.yaml --steps-per-epoch 100
   imgclf find-lr -c configs/finetune.yaml --set data.train=path/to/folder
   imgclf tune -c configs/search.yaml --set data.train=path/to/folder --set tune.max_trials=20 --then-train
+  imgclf explain runs/20260101-120000-baseline_cnn gradcam --mistakes
 
 Config values can be overridden with --set section.key=value (values are YAML: 5, 0.1, true, null, [1, 2]).
 Every run writes its resolved config.yaml next to model.keras, history.csv, metrics.json and curves.png."""
@@ -95,6 +97,24 @@ def build_parser() -> argparse.ArgumentParser:
     overrides(tune)
     tune.add_argument("--restart", action="store_true", help="start a new search even if an interrupted one of this config exists")
     tune.add_argument("--then-train", action="store_true", help="then train best.yaml as a normal run (and write its submission when data.test is set)")
+
+    explain = sub.add_parser("explain", help="feature maps, channel sums, Grad-CAM or the anatomy of a trained run (PNG / Markdown in RUN/explain/)")
+    explain.add_argument("run", help="a run directory written by train")
+    views = explain.add_subparsers(dest="view", required=True, metavar="VIEW")
+    anatomy = views.add_parser("anatomy", help="per layer: output shape (NHWC and NCHW), parameters, kernel, stride, padding, receptive field, jump")
+    anatomy.add_argument("--output", help="folder for anatomy.md (default RUN/explain/)")
+    maps = views.add_parser("feature-maps", help="one image's activations per layer (a grid of channels) and each layer's channel sum over it")
+    maps.add_argument("image", help="an image file")
+    maps.add_argument("--layers", nargs="+", help="layer names (default: the last activation of each block; `anatomy` lists them)")
+    maps.add_argument("--output", help="folder for the PNGs (default RUN/explain/)")
+    cam = views.add_parser("gradcam", help="Grad-CAM heat maps over a grid of labeled images, with true and predicted labels")
+    cam.add_argument("--data", help="labeled folder or CSV (default: the run's validation split)")
+    cam.add_argument("--images", help="image folder for a CSV given with --data")
+    cam.add_argument("--mistakes", action="store_true", help="the most confident mistakes instead of the first images")
+    cam.add_argument("--class", dest="class_name", metavar="NAME", help="the heat maps of this class, on images of this class")
+    cam.add_argument("--count", type=int, default=16, help="images in the grid (default 16)")
+    cam.add_argument("--layer", help="the layer to explain (default: the last spatial activation)")
+    cam.add_argument("--output", help="folder for the PNG (default RUN/explain/)")
     return parser
 
 
@@ -236,6 +256,26 @@ def cmd_tune(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_explain(args: argparse.Namespace) -> int:
+    from app import explain
+    from app.runs import load_run
+
+    run = load_run(args.run)
+    if args.view == "anatomy":
+        path = explain.explain_anatomy(run, args.output)
+        print(path.read_text(), end="")
+        print(f"written: {path}")
+    elif args.view == "feature-maps":
+        for path in explain.explain_feature_maps(run, args.image, args.layers, args.output):
+            print(f"written: {path}")
+    else:
+        if args.count < 1:
+            raise ValueError(f"--count {args.count}: give at least 1 image")
+        result = explain.explain_gradcam(run, args.data, args.images, args.mistakes, args.class_name, args.count, args.layer, args.output)
+        print(f"written: {result.path} ({result.shown} images, layer {result.layer})")
+    return 0
+
+
 def _pipeline_error(exc: BaseException) -> str | None:
     """The user-facing message of a DataError wrapped in a TensorFlow op error, if that is what `exc` is."""
     match = re.search(r"(?:DataError|ImageReadError): (.+)", str(exc))
@@ -251,6 +291,7 @@ COMMANDS = {
     "plot-lr": cmd_plot_lr,
     "find-lr": cmd_find_lr,
     "tune": cmd_tune,
+    "explain": cmd_explain,
 }
 
 

@@ -184,7 +184,8 @@ class SpaceConfig:
 
     # baseline CNN (model.name: baseline_cnn)
     blocks: Any = field(default_factory=lambda: {"min": 2, "max": 4})
-    filters: Any = field(default_factory=lambda: [16, 32, 64, 128])
+    filters: Any = field(default_factory=lambda: [16, 32, 64, 128])  # with filters_growth: the first block's only
+    filters_growth: Any = None  # e.g. [1.5, 2.0]: each block has this many times the filters of the one before
     kernel_size: Any = field(default_factory=lambda: [3, 5])
     strides: Any = field(default_factory=lambda: [1, 2])
     repeats: Any = field(default_factory=lambda: [1, 2])
@@ -195,12 +196,13 @@ class SpaceConfig:
     finetune_learning_rate: Any = None  # e.g. {min: 1e-6, max: 1e-4, sampling: log}
     image_size: Any = None  # e.g. [128, 160, 224]
     # both
-    dropout: Any = field(default_factory=lambda: {"min": 0.0, "max": 0.5, "step": 0.1})
+    dropout: Any = None  # e.g. {min: 0.1, max: 0.5, step: 0.1}; regularisation is not searched by default (configs/search.yaml says why)
     optimizer: Any = field(default_factory=lambda: ["adam", "adamw"])
     learning_rate: Any = field(default_factory=lambda: {"min": 1e-4, "max": 1e-2, "sampling": "log"})
     schedule: Any = field(default_factory=lambda: ["constant", "cosine", "one_cycle", "step"])
     schedule_knobs: dict[str, dict[str, Any]] = field(default_factory=lambda: {})  # per schedule, knob -> entry; merged over tuning.space.SCHEDULE_KNOBS
-    augment: Any = field(default_factory=lambda: ["light", "medium"])
+    augment: Any = None  # e.g. [medium, heavy]
+    label_smoothing: Any = None  # e.g. [0.0, 0.1]
     batch_size: Any = None
 
 
@@ -215,7 +217,9 @@ class TuneConfig:
     seed: int | None = None  # proposals; null: the top-level seed
     min_feature_size: int = 2  # smallest feature map (pixels) allowed before global pooling
     hyperband_factor: int = 3  # hyperband: keep 1/factor of the trials each round; train.epochs is its max_epochs
+    trial_budget: str = "compute"  # compute: trials get train.epochs x (model.blocks' cost / theirs) epochs; epochs: train.epochs each
     final_epochs: int | None = None  # train.epochs of best.yaml (the final run, --then-train); null: train.epochs
+    final_minutes: float | None = None  # instead: as many epochs as fit in this many minutes at the best trial's pace
     initial_points: int | None = None  # bayesian: random trials before the Gaussian process (null: 3 per searched value, at least 3)
     space: SpaceConfig = field(default_factory=SpaceConfig)
 
@@ -226,6 +230,7 @@ class OutputConfig:
 
     dir: str = "runs"
     name: str | None = None
+    explain: bool = False  # at the end of a run: explain/ with anatomy.md, feature maps and Grad-CAM of validation images
 
 
 @dataclass

@@ -112,6 +112,10 @@ def train(config: Config, callbacks: Sequence[keras.callbacks.Callback] = (), da
                 "seconds": round(time.perf_counter() - started, 1),
             }
             plot_history(history, run_dir / "curves.png")
+            if config.output.explain:
+                from app.explain import explain_examples  # TensorFlow's gradient code only when asked for
+
+                explain_examples(runs.Run(run_dir, config, best, list(data.train.class_names), data.multilabel), data.val, data.val_cache)
             write_json(run_dir / runs.FINISHED_FILE, metrics)
             shutil.rmtree(backup, ignore_errors=True)
         finally:

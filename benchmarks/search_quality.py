@@ -80,6 +80,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--search-minutes", type=float, default=17.0, help="no trial starts after this (the search ends within ~20 minutes)")
     parser.add_argument("--trial-epochs", type=int, default=6)
     parser.add_argument("--final-epochs", type=int, default=30, help="epochs of the best configuration's final run")
+    parser.add_argument("--final-minutes", type=float, default=None, help="instead: the final run trains about this long (tune.final_minutes)")
     parser.add_argument("--holdout", type=float, default=0.15)
     parser.add_argument("--seed", type=int, default=42)
     parser.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
@@ -97,7 +98,9 @@ def main(argv: list[str] | None = None) -> int:
 
         started = time.perf_counter()
         search_config = load_config(REPO / "configs" / "search.yaml", [
-            *base, f"train.epochs={args.trial_epochs}", f"tune.final_epochs={args.final_epochs}", f"tune.max_minutes={args.search_minutes}",
+            *base, f"train.epochs={args.trial_epochs}",
+            f"tune.final_minutes={args.final_minutes}" if args.final_minutes else f"tune.final_epochs={args.final_epochs}",
+            f"tune.max_minutes={args.search_minutes}",
             "tune.max_trials=1000", f"seed={args.seed}", *args.overrides,
         ])
         result = search(search_config, progress=lambda line: print(line, flush=True))
@@ -126,6 +129,7 @@ def main(argv: list[str] | None = None) -> int:
                 "best_trial_val": result.best_score, "search_seconds": round(searched, 1), "final_run_seconds": round(budget - searched, 1),
                 "budget_seconds": round(budget, 1), "best_config": _short(load_config(result.best_config)),
                 "val": trained.metrics["val"], "holdout": holdout_scores(trained.run_dir, holdout),
+                "trials_table": json.loads(result.trials.drop(columns=["message"], errors="ignore").to_json(orient="records")),
             },
             "reference": {
                 "config": "configs/example.yaml", "epochs": epochs, "seconds": round(reference_seconds, 1),
@@ -161,7 +165,8 @@ def _short(config: Config) -> dict[str, Any]:
     return {
         "blocks": [f"{b.filters}x{b.kernel_size}/s{b.strides}x{b.repeats}" for b in config.model.blocks],
         "learning_rate": config.train.learning_rate, "optimizer": config.train.optimizer, "schedule": config.train.schedule.name,
-        "augment": config.augment.train, "dropout": config.model.dropout, "epochs": config.train.epochs,
+        "augment": config.augment.train, "dropout": config.model.dropout, "label_smoothing": config.train.label_smoothing,
+        "epochs": config.train.epochs,
     }
 
 

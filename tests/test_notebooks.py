@@ -1,7 +1,8 @@
 """The worked examples in notebooks/ really run, in a real Jupyter kernel (nbclient), from the notebooks' folder.
 
 The notebooks are committed with their outputs (`make notebooks` executes them in place); here a copy is executed
-afresh, every cell must succeed, and the submission each notebook ends with (its `path`) must exist."""
+afresh, every cell must succeed, and the file each notebook ends with (its `path`: a submission, or the explanation
+pictures) must exist."""
 
 from __future__ import annotations
 
@@ -18,7 +19,7 @@ NOTEBOOKS = sorted((Path(__file__).resolve().parents[1] / "notebooks").glob("*.i
 @pytest.mark.parametrize("notebook", NOTEBOOKS, ids=lambda p: p.name)
 def test_notebook_runs(notebook: Path) -> None:
     nb = nbformat.read(notebook, as_version=4)
-    nb.cells.append(nbformat.v4.new_code_cell("import os\nassert os.path.isfile(path), path\nprint('submission ok:', path)"))
+    nb.cells.append(nbformat.v4.new_code_cell("import os\nassert os.path.isfile(path), path\nprint('output ok:', path)"))
     NotebookClient(nb, timeout=1200, kernel_name="python3", resources={"metadata": {"path": str(notebook.parent)}}).execute()
     last = nb.cells[-1].outputs
-    assert any("submission ok:" in output.get("text", "") for output in last), last
+    assert any("output ok:" in output.get("text", "") for output in last), last

@@ -48,7 +48,8 @@ def test_default_space_builds_on_empty_hyperparameters(tiny_config: Config) -> N
     hp = kt.HyperParameters()
     model = hypermodel.build(hp)
     assert isinstance(model, keras.Model) and model.optimizer is not None  # compiled, as KerasTuner expects
-    assert {"blocks", "filters_1", "kernel_size_1", "strides_1", "learning_rate", "schedule", "optimizer", "augment", "dropout"} <= set(hp.values)
+    assert {"blocks", "filters_1", "kernel_size_1", "strides_1", "learning_rate", "schedule", "optimizer"} <= set(hp.values)
+    assert not {"augment", "dropout"} & set(hp.values)  # regularisation is left to the config by default
     assert model.output.shape == (None, 3)
 
 
@@ -78,6 +79,60 @@ def test_null_entries_leave_the_rest_of_the_config_in_charge(tiny_config: Config
     trial_config = hypermodel_for(config).config_for(kt.HyperParameters())
     assert [b.filters for b in trial_config.model.blocks] == [8, 16]  # tiny_config's own blocks
     assert trial_config.train.learning_rate == 0.0042
+
+
+def test_filters_growth_makes_a_pyramid_from_the_first_blocks_filters(tiny_config: Config) -> None:
+    config = tune_config(tiny_config, "tune.space.blocks=3", "tune.space.filters=[16, 32]", "tune.space.filters_growth=[1.5, 2.0]",
+                         "tune.space.label_smoothing=[0.0, 0.1]")
+    hypermodel = hypermodel_for(config)
+    hp = kt.HyperParameters()
+    hp.Fixed("filters_1", 16)
+    hp.Fixed("filters_growth", 1.5)
+    hp.Fixed("label_smoothing", 0.1)
+    trial_config = hypermodel.config_for(hp)
+    assert [b.filters for b in trial_config.model.blocks] == [16, 24, 40]  # 16, 24, 36 rounded to a multiple of 8
+    assert trial_config.train.label_smoothing == 0.1
+    assert not any(name.startswith("filters_") and name not in ("filters_1", "filters_growth") for name in hp.values)  # one width, not one per block
+    hp = kt.HyperParameters()
+    hp.Fixed("filters_1", 32)
+    hp.Fixed("filters_growth", 2.0)
+    model = hypermodel.build(hp)
+    assert [model.get_layer(f"block{i}_conv1").filters for i in (1, 2, 3)] == [32, 64, 128]
+
+
+def test_compute_budget_gives_cheaper_networks_more_epochs(tiny_config: Config) -> None:
+    from tuning.hypermodels import MAX_EPOCH_FACTOR, compute_epochs
+
+    config = tune_config(tiny_config, "train.epochs=2", "tune.space.blocks=2", "tune.space.repeats=1", "tune.space.kernel_size=3")
+    hypermodel = hypermodel_for(config)  # tiny_config's own blocks (8, 16 filters, two convs each) are the reference
+
+    def epochs(filters: int, strides: int) -> int:
+        hp = kt.HyperParameters()
+        for i in (1, 2):
+            hp.Fixed(f"filters_{i}", filters)
+            hp.Fixed(f"strides_{i}", strides)
+        return hypermodel.config_for(hp).train.epochs
+
+    cheap, costly = epochs(4, 2), epochs(32, 1)  # ~0.1 and ~1.9 times the reference's multiply-accumulates
+    assert cheap > 2 and costly == 1
+    assert cheap <= MAX_EPOCH_FACTOR * 2
+    assert compute_epochs(4, 100, 100) == 4  # the reference's own cost: train.epochs
+    assert compute_epochs(4, 100, 10_000) == 1 and compute_epochs(4, 100, 1) == 4 * MAX_EPOCH_FACTOR
+    fixed = load_config(overrides=["tune.trial_budget=epochs"], base=config)
+    hp = kt.HyperParameters()
+    hp.Fixed("filters_1", 4)
+    assert hypermodel_for(fixed).config_for(hp).train.epochs == 2  # every trial: train.epochs
+    hp = kt.HyperParameters()
+    hp.Fixed("filters_1", 4)
+    assert hypermodel.config_for(hp, for_training=True).train.epochs == 2  # the final run is not scaled
+
+
+def test_final_minutes_sizes_the_final_run_at_the_trials_pace() -> None:
+    from tuning.hypermodels import final_run_epochs
+
+    # 4 epochs: the first traced (6 s), then 3 s each; 8 s outside the epochs: 20 s in all
+    assert final_run_epochs(1.0, 20.0, [6.0, 3.0, 3.0, 3.0]) == (17, 3.0)  # (60 s - 8 s fixed) // 3 s
+    assert final_run_epochs(0.01, 20.0, [6.0, 3.0]) == (1, 3.0)  # at least one epoch
 
 
 def test_schedule_knobs_are_conditional_on_their_schedule(tiny_config: Config) -> None:
@@ -163,6 +218,17 @@ def test_a_search_writes_every_result_and_its_best_yaml_trains(tiny_config: Conf
     assert (trained.run_dir / "model.keras").is_file() and trained.metrics["val"]["num_images"] == 6
 
 
+def test_best_yaml_trains_for_final_minutes_at_the_best_trials_pace(tiny_config: Config) -> None:
+    result = search(tune_config(tiny_config, "tune.max_trials=1", "train.epochs=3", "tune.trial_budget=epochs", "tune.final_minutes=0.5"), progress=lambda line: None)
+    trial = json.loads(next(result.search_dir.glob("trial_*/result.json")).read_text())
+    assert len(trial["epoch_seconds"]) == 3
+    pace = float(np.median(trial["epoch_seconds"][1:]))
+    fixed = trial["seconds"] - pace * 3
+    best_text = result.best_config.read_text()
+    assert load_config(result.best_config).train.epochs == max(1, int((30 - fixed) // pace))
+    assert "tune.final_minutes=0.5" in best_text.splitlines()[1]  # best.yaml says why it trains that long
+
+
 @pytest.mark.parametrize("tuner", ["hyperband", "bayesian", "grid"])
 def test_every_tuner_runs_a_small_search(tiny_config: Config, tuner: str) -> None:
     overrides = [f"tune.tuner={tuner}", "tune.max_trials=3"]
@@ -209,6 +275,9 @@ def test_the_same_seed_proposes_the_same_trials(tiny_config: Config, tmp_path: P
         ("tune.space.schedule_knobs={cosine: {warmup: [1]}}", "unknown knob 'warmup'"),
         ("tune.space.kernel_size=[3, fast]", "'fast' is not a int"),
         ("tune.max_trials=0", "tune.max_trials: 0 must be >= 1"),
+        ("tune.final_minutes=5;tune.final_epochs=30", "tune.final_epochs and tune.final_minutes both size the final run"),
+        ("tune.space.filters_growth=[0.5, 2]", "would shrink the network"),
+        ("tune.trial_budget=minutes", "unknown budget 'minutes'"),
         # 6 blocks of stride 2 at 32 px: every network shrinks to nothing
         ("tune.space.blocks=6;tune.space.strides=2", "no network in this space is worth training"),
     ],

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import dataclasses
 import math
+import statistics
 from collections.abc import Sequence
 from typing import Any
 
@@ -18,11 +19,11 @@ import keras
 import keras_tuner as kt
 
 from app.callbacks import BestWeights
-from app.config import Config, ConfigError, from_dict, to_dict
+from app.config import Config, ConfigError, ConvBlock, from_dict, to_dict
 from app.data import PreparedData, make_datasets
 from app.evaluation import classification_metrics
 from app.fitting import build_model, compile_model, fit_stages, plan_stages, set_trainable
-from app.models.geometry import baseline_geometry, shape_problem
+from app.models.geometry import baseline_geometry, conv_macs, shape_problem
 from app.prediction import predict_probs
 from tuning.space import REPORT_OBJECTIVES, Entry, SearchSpace
 
@@ -57,27 +58,35 @@ class ConfigHyperModel(kt.HyperModel):
         self.train_images = train_images
 
     # -- hyperparameters -> config ---------------------------------------------------------------------------
-    def config_for(self, hp: kt.HyperParameters, for_training: bool = False) -> Config:
+    def config_for(self, hp: kt.HyperParameters, for_training: bool = False, final_epochs: int | None = None) -> Config:
         """The complete config of a trial; `for_training`: of the final run (best.yaml), which trains for
-        tune.final_epochs (default train.epochs, Hyperband's max_epochs) instead of the trial's epochs."""
+        `final_epochs` (from tune.final_minutes), tune.final_epochs, or train.epochs (Hyperband's max_epochs)
+        instead of the trial's epochs."""
         tree = to_dict(self.base)
         self.declare_model(hp, tree)
         self._declare(hp, tree, "dropout", "model.dropout")
         self._declare(hp, tree, "optimizer", "train.optimizer")
         self._declare(hp, tree, "learning_rate", "train.learning_rate")
         self._declare(hp, tree, "augment", "augment.train")
+        self._declare(hp, tree, "label_smoothing", "train.label_smoothing")
         self._declare(hp, tree, "batch_size", "data.batch_size")
         self._declare_schedule(hp, tree)
         if "tuner/epochs" in hp.values and not for_training:  # Hyperband: this round trains up to tuner/epochs
             tree["train"]["epochs"] = int(hp.values["tuner/epochs"])
-        if for_training and self.base.tune.final_epochs:  # short trials, then the winner trains longer
-            tree["train"]["epochs"] = self.base.tune.final_epochs
+        elif not for_training:
+            tree["train"]["epochs"] = self.trial_epochs(tree)
+        if for_training and (final_epochs or self.base.tune.final_epochs):  # short trials, then the winner trains longer
+            tree["train"]["epochs"] = final_epochs or self.base.tune.final_epochs
         tree["output"]["name"] = None
         return from_dict(Config, tree)
 
     def declare_model(self, hp: kt.HyperParameters, tree: dict[str, Any]) -> None:
         """The model's own hyperparameters, written into the config tree (each subclass declares its own)."""
         raise NotImplementedError(f"{type(self).__name__} must declare its model's hyperparameters")
+
+    def trial_epochs(self, tree: dict[str, Any]) -> int:
+        """Epochs of a trial: train.epochs (subclasses that know a network's cost scale it)."""
+        return int(tree["train"]["epochs"])
 
     def declare_hyperparameters(self, hp: kt.HyperParameters) -> None:
         """Declare the whole space without building a model (KerasTuner calls this before the first trial)."""
@@ -178,6 +187,40 @@ class ConfigHyperModel(kt.HyperModel):
         return results
 
 
+MAX_EPOCH_FACTOR = 4  # a cheap network trains at most this many times the reference epochs in a trial
+FIXED_COST_SHARE = 0.2  # per-image work that does not shrink with the network (input pipeline, BN, pooling), as a share of the reference's convolutions
+
+
+def compute_epochs(epochs: int, reference_macs: int, macs: int) -> int:
+    """Epochs that cost about what `epochs` of the reference network cost. The cost of an epoch is modelled as the
+    network's convolution multiply-accumulates plus a fixed share of the reference's (measured on 2 cores at 64 px:
+    epochs of 11, 53, 155 and 271 million MACs took 4.5, 6.0, 19.5 and 25.4 s; the model is within 30 % of each)."""
+    fixed = FIXED_COST_SHARE * reference_macs
+    scaled = epochs * (reference_macs + fixed) / (macs + fixed)
+    return int(min(max(1, round(scaled)), MAX_EPOCH_FACTOR * epochs))
+
+
+def grown_filters(first: int, growth: float, index: int) -> int:
+    """Filters of block `index` (0-based) in a pyramid: `first` times growth**index, rounded to a multiple of 8
+    (of 4 below 16), as width multipliers are in MobileNet and EfficientNet."""
+    raw = first * growth**index
+    if index == 0:
+        return int(first)
+    step = 8 if raw >= 16 else 4
+    return max(step, math.floor(raw / step + 0.5) * step)
+
+
+def final_run_epochs(minutes: float, trial_seconds: float, epoch_seconds: Sequence[float]) -> tuple[int, float]:
+    """(epochs, seconds per epoch): how many epochs a final run trains in about `minutes`, at the pace a trial
+    measured: the median of its epochs after the first (which also traces the model), with the trial's fixed costs
+    (building, tracing, evaluation) counted once."""
+    if not epoch_seconds:
+        raise ValueError("the trial recorded no epoch times")
+    pace = statistics.median(epoch_seconds[1:] or epoch_seconds)
+    fixed = max(0.0, trial_seconds - pace * len(epoch_seconds))  # build, the first epoch's tracing, evaluation
+    return max(1, int((minutes * 60 - fixed) // max(pace, 1e-6))), pace
+
+
 class ScheduleFrom(keras.callbacks.Callback):
     """Start the optimizer's step count (what learning-rate schedules read) at `step` instead of 0."""
 
@@ -206,23 +249,43 @@ class BaselineHyperModel(ConfigHyperModel):
         count = count_entry.declare(hp, "blocks") if count_entry else len(base_blocks)
         fewest = _smallest(count_entry) if count_entry else count
         most = _largest(count_entry) if count_entry else count
+        growth_entry = self.space["filters_growth"]
+        growth = growth_entry.declare(hp, "filters_growth") if growth_entry is not None else None
+        per_block = ("kernel_size", "strides", "repeats", "pool") if growth is not None else ("filters", "kernel_size", "strides", "repeats", "pool")
+        width = None
+        if growth is not None:  # a pyramid: the first block's filters, then each block `growth` times the last
+            entry = self.space["filters"]
+            width = entry.declare(hp, "filters_1") if entry is not None else base_blocks[0]["filters"]
         blocks = []
         for i in range(1, most + 1):
             # block i exists when blocks >= i: its hyperparameters are conditional on that
             scope = hp.conditional_scope("blocks", list(range(i, most + 1))) if i > fewest else _NoScope()
             with scope:
                 block = dict(base_blocks[min(i, len(base_blocks)) - 1])
-                for key in ("filters", "kernel_size", "strides", "repeats", "pool"):
+                for key in per_block:
                     entry = self.space[key]
                     value = entry.declare(hp, f"{key}_{i}") if entry is not None else None
                     if value is not None:
                         block[key] = value
+            if width is not None:
+                block["filters"] = grown_filters(width, growth, i - 1)
             if i <= count:
                 blocks.append(block)
         tree["model"]["blocks"] = blocks
 
     def model_problem(self, config: Config) -> str | None:
         return shape_problem(baseline_geometry(config.model.blocks, config.data.image_size), config.tune.min_feature_size)
+
+    def trial_epochs(self, tree: dict[str, Any]) -> int:
+        """tune.trial_budget compute: train.epochs for a network as costly as the config's own model.blocks, and
+        proportionally more (up to MAX_EPOCH_FACTOR times) for a cheaper one: trials are compared at about the same
+        training time, as the final run will be, instead of cheap networks being judged before they have learned."""
+        epochs = int(tree["train"]["epochs"])
+        if self.base.tune.trial_budget != "compute":
+            return epochs
+        size = int(tree["data"]["image_size"])
+        blocks = [ConvBlock(**b) if isinstance(b, dict) else b for b in tree["model"]["blocks"]]
+        return compute_epochs(epochs, conv_macs(self.base.model.blocks, size), conv_macs(blocks, size))
 
     def geometry_facts(self, config: Config) -> dict[str, Any]:
         geometry = baseline_geometry(config.model.blocks, config.data.image_size)

@@ -15,7 +15,7 @@ from matplotlib.ticker import MaxNLocator
 from app.atomic import atomic_write, write_text
 from app.config import dump_config
 from app.plots import subplots
-from tuning.hypermodels import HYPERBAND_KEYS
+from tuning.hypermodels import HYPERBAND_KEYS, final_run_epochs
 
 TRIALS_FILE = "trials.csv"
 BEST_FILE = "best.yaml"
@@ -64,10 +64,23 @@ def write_trials(oracle: Any, hypermodel: Any, search_dir: Path) -> pd.DataFrame
     atomic_write(search_dir / TRIALS_FILE, lambda p: table.to_csv(p, index=False))
     best = best_trial(oracle)
     if best is not None:
-        config = hypermodel.config_for(best.hyperparameters, for_training=True)
-        header = f"# best trial {best.trial_id} of search {search_dir.name}: {oracle.objective.name} = {best.score:.4f}\n# train it: imgclf train -c {search_dir / BEST_FILE}\n"
+        epochs, sizing = _final_epochs(hypermodel.base.tune.final_minutes, search_dir / f"trial_{best.trial_id}" / "result.json")
+        config = hypermodel.config_for(best.hyperparameters, for_training=True, final_epochs=epochs)
+        header = f"# best trial {best.trial_id} of search {search_dir.name}: {oracle.objective.name} = {best.score:.4f}\n{sizing}# train it: imgclf train -c {search_dir / BEST_FILE}\n"
         write_text(search_dir / BEST_FILE, header + dump_config(config))
     return table
+
+
+def _final_epochs(minutes: float | None, result_path: Path) -> tuple[int | None, str]:
+    """(train.epochs of best.yaml, a header line saying why) when tune.final_minutes sizes the final run."""
+    if minutes is None or not result_path.is_file():
+        return None, ""
+    result = json.loads(result_path.read_text())
+    times = result.get("epoch_seconds") or []
+    if not times:
+        return None, ""
+    epochs, pace = final_run_epochs(minutes, float(result.get("seconds", 0.0)), times)
+    return epochs, f"# train.epochs {epochs}: about tune.final_minutes={minutes:g} at {pace:.1f} s per epoch (measured in that trial)\n"
 
 
 def importance(table: pd.DataFrame, objective: str, names: list[str]) -> pd.DataFrame:
@@ -103,11 +116,13 @@ def plot_scores(table: pd.DataFrame, objective: str, path: Path) -> None:
         running = np.maximum.accumulate(scores) if _maximise(objective) else np.minimum.accumulate(scores)
         ax.plot(order, scores, "o", label="trial")
         ax.step(order, running, where="post", color="red", label="best so far")
+        ax.legend()
+    else:
+        ax.text(0.5, 0.5, "no completed trial", ha="center", va="center", transform=ax.transAxes)
     ax.set_xlabel("trial")
     ax.xaxis.set_major_locator(MaxNLocator(integer=True))
     ax.set_ylabel(objective)
     ax.grid(alpha=0.3)
-    ax.legend()
     fig.tight_layout()
     atomic_write(path, lambda p: fig.savefig(p, format="png", dpi=100))
 

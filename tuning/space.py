@@ -22,6 +22,7 @@ from app.schedules import SCHEDULES
 from pipelines.augment import PRESETS
 
 TUNERS = ("random", "hyperband", "bayesian", "grid")
+TRIAL_BUDGETS = ("compute", "epochs")
 OPTIMIZERS = ("adam", "adamw", "sgd")
 
 # Conditional knobs searched for each schedule, merged under tune.space.schedule_knobs (knob -> entry).
@@ -147,6 +148,7 @@ def _rate(v: float) -> str | None:
 SPACE_KEYS: dict[str, tuple[type, Callable[[Any], str | None] | None]] = {
     "blocks": (int, _positive),
     "filters": (int, _positive),
+    "filters_growth": (float, lambda v: None if v >= 1.0 else f"{v} would shrink the network (a growth factor is >= 1)"),
     "kernel_size": (int, _positive),
     "strides": (int, _positive),
     "repeats": (int, _positive),
@@ -160,9 +162,10 @@ SPACE_KEYS: dict[str, tuple[type, Callable[[Any], str | None] | None]] = {
     "learning_rate": (float, _positive),
     "schedule": (str, _one_of(SCHEDULES, "schedule")),
     "augment": (str, _augment),
+    "label_smoothing": (float, _rate),
     "batch_size": (int, _positive),
 }
-BASELINE_ONLY = ("blocks", "filters", "kernel_size", "strides", "repeats", "pool")
+BASELINE_ONLY = ("blocks", "filters", "filters_growth", "kernel_size", "strides", "repeats", "pool")
 BACKBONE_ONLY = ("backbone", "unfreeze_blocks", "finetune_learning_rate", "image_size")
 
 
@@ -200,6 +203,12 @@ def parse_space(config: Config) -> SearchSpace:
         raise ConfigError(f"config key tune.min_feature_size: {tune.min_feature_size} must be >= 1")
     if tune.final_epochs is not None and tune.final_epochs < 1:
         raise ConfigError(f"config key tune.final_epochs: {tune.final_epochs} must be >= 1 (or null for train.epochs)")
+    if tune.trial_budget not in TRIAL_BUDGETS:
+        raise ConfigError(f"config key tune.trial_budget: unknown budget {tune.trial_budget!r}; choose from {', '.join(TRIAL_BUDGETS)}")
+    if tune.final_minutes is not None and tune.final_minutes <= 0:
+        raise ConfigError(f"config key tune.final_minutes: {tune.final_minutes} must be > 0 (or null)")
+    if tune.final_minutes is not None and tune.final_epochs is not None:
+        raise ConfigError("config keys tune.final_epochs and tune.final_minutes both size the final run. Fix: set one of them to null")
     if tune.hyperband_factor < 2:
         raise ConfigError(f"config key tune.hyperband_factor: {tune.hyperband_factor} must be >= 2")
     backbone = is_backbone(config.model.name)

@@ -32,13 +32,18 @@ WEIGHTS_FILE = "model.weights.h5"  # per trial, Hyperband only: what the next ro
 
 
 class _History(keras.callbacks.Callback):
-    """Every epoch's logs, kept for result.json and TensorBoard."""
+    """Every epoch's logs and wall time, kept for result.json and TensorBoard (the times size a final run)."""
 
     def __init__(self) -> None:
         super().__init__()
         self.rows: list[dict[str, float]] = []
+        self.seconds: list[float] = []
+
+    def on_epoch_begin(self, epoch: int, logs: dict | None = None) -> None:
+        self._started = time.perf_counter()
 
     def on_epoch_end(self, epoch: int, logs: dict | None = None) -> None:
+        self.seconds.append(round(time.perf_counter() - self._started, 3))
         self.rows.append({"epoch": epoch + 1, **{k: float(v) for k, v in (logs or {}).items()}})
 
 
@@ -134,7 +139,7 @@ class SearchTuner(base_tuner.BaseTuner):
             "seconds": round(time.perf_counter() - started, 2),
         }
         values = {k: v for k, v in hp.values.items() if k not in HYPERBAND_KEYS and hp.is_active(k)}
-        write_json(self.trial_dir(trial.trial_id) / RESULT_FILE, {"trial": trial.trial_id, "hyperparameters": values, **facts, "metrics": results, "history": history.rows})
+        write_json(self.trial_dir(trial.trial_id) / RESULT_FILE, {"trial": trial.trial_id, "hyperparameters": values, **facts, "metrics": results, "history": history.rows, "epoch_seconds": history.seconds})
         del model
         return results
 

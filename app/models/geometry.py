@@ -1,10 +1,13 @@
 """Shape arithmetic of convolutional networks: each layer's output size, receptive field and jump.
 
-One implementation for everything that reasons about shapes without building a model: the tuner's check that a
-proposed network keeps a usable feature map (tuning/), and the model anatomy. For a layer with kernel k, stride s:
+One implementation for everything that reasons about shapes: the tuner's check that a proposed network keeps a
+usable feature map before any model is built (tuning/), and the anatomy of a built model (app/explain/anatomy.py),
+which reads each Keras layer as a `SpatialOp` (`spatial_op`). For a layer with kernel k (dilated: d*(k-1)+1),
+stride s:
 
     output = ceil(input / s)                     padding "same"
     output = floor((input - k) / s) + 1          padding "valid"
+    output = input + p                           zero padding of p pixels in all (top + bottom)
     receptive_field += (k - 1) * jump;  jump *= s   (jump: input pixels between neighbouring outputs)
 """
 
@@ -24,11 +27,12 @@ class SpatialOp:
     """A layer that changes the spatial size: a convolution or a pooling window."""
 
     name: str
-    kind: str  # "conv" | "pool"
+    kind: str  # "conv" | "pool" | "pad"
     kernel: int
     stride: int
     padding: str = "same"  # "same" | "valid"
     skip_below: int = 0  # the layer is left out when its input is smaller than this (the baseline's pooling)
+    pad: int = 0  # kind "pad": pixels added along one side's axis (top + bottom)
 
 
 @dataclass(frozen=True)
@@ -51,18 +55,38 @@ def output_size(size: int, kernel: int, stride: int, padding: str = "same") -> i
     return max((size - kernel) // stride + 1, 0)
 
 
+def advance(op: SpatialOp, size: int, receptive_field: int, jump: int) -> LayerGeometry:
+    """One layer's geometry, from its input's size, receptive field and jump."""
+    out = size + op.pad if op.kind == "pad" else output_size(size, op.kernel, op.stride, op.padding)
+    return LayerGeometry(op.name, op.kind, op.kernel, op.stride, op.padding, size, out, receptive_field + (op.kernel - 1) * jump, jump * op.stride)
+
+
 def propagate(size: int, ops: Iterable[SpatialOp]) -> list[LayerGeometry]:
     """Each layer's geometry for a square input of `size` pixels (layers left out by `skip_below` are not listed)."""
     layers, receptive_field, jump = [], 1, 1
     for op in ops:
         if size < op.skip_below:
             continue
-        out = output_size(size, op.kernel, op.stride, op.padding)
-        receptive_field += (op.kernel - 1) * jump
-        jump *= op.stride
-        layers.append(LayerGeometry(op.name, op.kind, op.kernel, op.stride, op.padding, size, out, receptive_field, jump))
-        size = out
+        layer = advance(op, size, receptive_field, jump)
+        layers.append(layer)
+        size, receptive_field, jump = layer.output_size, layer.receptive_field, layer.jump
     return layers
+
+
+def spatial_op(layer: object) -> SpatialOp | None:
+    """The `SpatialOp` a Keras layer performs (convolutions of every kind, pooling windows, zero padding), or None
+    for a layer that keeps the spatial size. Square kernels, strides and padding, as in every model here."""
+    name = getattr(layer, "name", "?")
+    kind = type(layer).__name__
+    if kind.endswith("Conv2D") and kind != "Conv2DTranspose":
+        dilation = layer.dilation_rate[0]
+        return SpatialOp(name, "conv", dilation * (layer.kernel_size[0] - 1) + 1, layer.strides[0], layer.padding)
+    if kind in ("MaxPooling2D", "AveragePooling2D"):
+        return SpatialOp(name, "pool", layer.pool_size[0], layer.strides[0], layer.padding)
+    if kind == "ZeroPadding2D":
+        (top, bottom), _ = layer.padding
+        return SpatialOp(name, "pad", 1, 1, "valid", pad=top + bottom)
+    return None
 
 
 def baseline_ops(blocks: Sequence[ConvBlock]) -> list[SpatialOp]:
@@ -98,3 +122,15 @@ def shape_problem(geometry: NetworkGeometry, min_feature_size: int) -> str | Non
     if geometry.feature_size < min_feature_size:
         return f"the last feature map is {geometry.feature_size}x{geometry.feature_size}, below min_feature_size={min_feature_size}"
     return None
+
+
+def conv_macs(blocks: Sequence[ConvBlock], image_size: int, channels: int = 3) -> int:
+    """Multiply-accumulates of the baseline CNN's convolutions for one image (forward pass): the cost model that
+    gives each trial of a search the same amount of compute (tuning.hypermodels.compute_epochs)."""
+    sizes = {g.name: g.output_size for g in propagate(image_size, baseline_ops(blocks))}
+    total, inputs = 0, channels
+    for b, block in enumerate(blocks, start=1):
+        for r in range(1, block.repeats + 1):
+            total += sizes[f"block{b}_conv{r}"] ** 2 * block.kernel_size**2 * inputs * block.filters
+            inputs = block.filters
+    return total
