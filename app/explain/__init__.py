@@ -133,7 +133,7 @@ def gradcam_grid(
     what = f"class {class_name}" if class_name else "the predicted class"
     chosen = "most confident mistakes" if mistakes else "images"
     path = _out_dir(run, out_dir) / (f"gradcam_{_file_part(class_name)}.png" if class_name else GRADCAM_FILE)
-    plot_heatmaps(pixels, heatmaps, titles, path, f"Grad-CAM of {what} at {layer}: {len(picks)} {chosen} of {source}")
+    plot_heatmaps(pixels, heatmaps, titles, path, f"Grad-CAM of {what} at {layer}\n{len(picks)} {chosen} of {Path(source).name}")
     return GradcamResult(path, len(picks), layer)
 
 

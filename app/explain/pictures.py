@@ -7,12 +7,13 @@ import os
 from collections.abc import Mapping, Sequence
 
 import numpy as np
+from matplotlib import colormaps
 
 from app.atomic import atomic_write
 from app.explain.activations import upsample
 from app.plots import subplots
 
-OVERLAY_ALPHA = 0.45
+OVERLAY_ALPHA = 0.7  # the opacity of the hottest pixels; cold ones leave the image as it is
 
 
 def _normalised(values: np.ndarray) -> np.ndarray:
@@ -20,8 +21,18 @@ def _normalised(values: np.ndarray) -> np.ndarray:
     return (values - low) / (high - low) if high > low else np.zeros_like(values, dtype=np.float32)
 
 
-def _save(fig, path: str | os.PathLike, dpi: int = 100) -> None:
-    fig.tight_layout()
+def overlay(ax, image: np.ndarray, heat: np.ndarray) -> None:
+    """`image` with `heat` (values in [0, 1], same height and width) laid over it in the jet colours, each pixel as
+    opaque as it is hot: the image stays readable where the map is cold."""
+    ax.imshow(image)
+    colours = colormaps["jet"](np.clip(heat, 0.0, 1.0))
+    colours[..., 3] = OVERLAY_ALPHA * np.clip(heat, 0.0, 1.0)
+    ax.imshow(colours)
+
+
+def _save(fig, path: str | os.PathLike, dpi: int = 100, title_inches: float = 0.0) -> None:
+    """Lay out (leaving `title_inches` at the top for a suptitle) and write the PNG atomically."""
+    fig.tight_layout(rect=(0.0, 0.0, 1.0, 1.0 - title_inches / fig.get_figheight()))
     atomic_write(path, lambda p: fig.savefig(p, format="png", dpi=dpi))
 
 
@@ -41,7 +52,7 @@ def plot_channels(activation: np.ndarray, layer: str, path: str | os.PathLike, m
     h, w = activation.shape[:2]
     shown = f"the {len(order)} most active of {channels} channels" if len(order) < channels else f"all {channels} channels"
     fig.suptitle(f"{layer}: {h}×{w}, {shown}", fontsize=10)
-    _save(fig, path)
+    _save(fig, path, title_inches=0.3)
     return len(order)
 
 
@@ -53,9 +64,7 @@ def plot_channel_sums(image: np.ndarray, maps: Mapping[str, np.ndarray], path: s
     axes[0][0].imshow(image)
     axes[0][0].set_title(f"input {image.shape[0]}×{image.shape[1]}", fontsize=8)
     for ax, (name, activation) in zip(axes[0][1:], maps.items()):
-        total = _normalised(upsample(activation.sum(axis=-1), image.shape[:2]))
-        ax.imshow(image)
-        ax.imshow(total, cmap="jet", alpha=OVERLAY_ALPHA, vmin=0.0, vmax=1.0)
+        overlay(ax, image, _normalised(upsample(activation.sum(axis=-1), image.shape[:2])))
         ax.set_title(f"{name.split('/')[-1]}\n{activation.shape[0]}×{activation.shape[1]}×{activation.shape[2]} summed", fontsize=8)
     for ax in axes.flat:
         ax.axis("off")
@@ -67,14 +76,13 @@ def plot_heatmaps(images: np.ndarray, heatmaps: np.ndarray, titles: Sequence[str
     count = max(1, len(images))
     cols = min(4, count)
     rows = math.ceil(count / cols)
-    fig, axes = subplots(rows, cols, figsize=(3.0 * cols, 3.3 * rows + 0.4), squeeze=False)
+    fig, axes = subplots(rows, cols, figsize=(3.0 * cols, 3.5 * rows + 0.6), squeeze=False)
     for ax in axes.flat:
         ax.axis("off")
     if not len(images):
         axes[0][0].text(0.5, 0.5, "no images to show", ha="center", va="center", fontsize=11)
     for ax, image, heat, title in zip(axes.flat, images, heatmaps, titles):
-        ax.imshow(image)
-        ax.imshow(heat, cmap="jet", alpha=OVERLAY_ALPHA, vmin=0.0, vmax=1.0)
+        overlay(ax, image, heat)
         ax.set_title(title, fontsize=8)
     fig.suptitle(suptitle, fontsize=10)
-    _save(fig, path)
+    _save(fig, path, title_inches=0.2 * (suptitle.count("\n") + 1) + 0.1)
