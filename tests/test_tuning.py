@@ -57,6 +57,8 @@ def test_the_shipped_search_config_loads_and_its_space_parses() -> None:
     config = load_config(REPO / "configs" / "search.yaml")
     space = parse_space(config)
     assert {"blocks", "filters", "kernel_size", "strides", "learning_rate", "schedule"} <= set(space.searched())
+    backbone = parse_space(load_config(overrides=["model.name=efficientnetb0", "tune.space.unfreeze_blocks=[1, 2]"], base=config))
+    assert "unfreeze_blocks" in backbone.searched() and "filters" not in backbone.searched()  # the block keys do not apply
 
 
 def test_fixed_values_are_honoured(tiny_config: Config) -> None:

@@ -181,8 +181,10 @@ class SearchSpace:
         return self.entries[key]
 
     def searched(self) -> list[str]:
-        """Keys that take more than one value."""
-        return [k for k, e in self.entries.items() if e is not None and e.kind != "fixed"]
+        """Keys that take more than one value, among those this kind of model reads (a backbone search ignores the
+        baseline CNN's block keys, and the other way round)."""
+        ignored = BASELINE_ONLY if self.backbone else BACKBONE_ONLY
+        return [k for k, e in self.entries.items() if e is not None and e.kind != "fixed" and k not in ignored]
 
 
 def parse_space(config: Config) -> SearchSpace:
