@@ -61,8 +61,9 @@ def explain_anatomy(run: Run, out_dir: str | os.PathLike | None = None) -> Path:
 
 
 def explain_feature_maps(run: Run, image_path: str | os.PathLike, layers: Sequence[str] | None = None, out_dir: str | os.PathLike | None = None) -> list[Path]:
-    """For one image: `feature_maps_<layer>.png` (a grid of channels) per layer, and `channel_sums.png` (each
-    layer's channel sum over the input). Default layers: the last activation of each block."""
+    """For one image: `feature_maps_<image>_<layer>.png` (a grid of channels) per layer, and
+    `channel_sums_<image>.png` (each layer's channel sum over the input); returns their paths, the channel sums
+    last. Default layers: the last activation of each block."""
     out = _out_dir(run, out_dir)
     names = list(layers) if layers else block_outputs(run.model)
     for name in names:
