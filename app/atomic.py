@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import json
 import os
+import stat
 import tempfile
+import threading
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -12,6 +14,21 @@ from typing import Any
 
 class OutputExistsError(FileExistsError):
     """The output file exists and overwriting was not asked for. The message is user-facing."""
+
+
+_UMASK_LOCK = threading.Lock()
+
+
+def plain_write_mode(path: Path) -> int:
+    """The permissions a plain `open(path, "w")` would leave: an existing file keeps its own, a new one gets
+    0o666 less the process umask (the temporary file of an atomic write starts at 0o600 instead)."""
+    try:
+        return stat.S_IMODE(path.stat().st_mode)
+    except FileNotFoundError:
+        with _UMASK_LOCK:  # os.umask can only be read by setting it
+            umask = os.umask(0o022)
+            os.umask(umask)
+        return 0o666 & ~umask
 
 
 def atomic_write(path: str | os.PathLike, write: Callable[[Path], None], *, force: bool = True) -> Path:
@@ -24,6 +41,7 @@ def atomic_write(path: str | os.PathLike, write: Callable[[Path], None], *, forc
     os.close(fd)
     try:
         write(Path(tmp))
+        os.chmod(tmp, plain_write_mode(path))
         if not force:
             # Refuse to replace a file that appeared meanwhile (os.link fails if the target exists).
             try:

@@ -144,8 +144,9 @@ def _read_csv(csv: Path, str_columns: Sequence[str] | None) -> pd.DataFrame:
     if not csv.is_file():
         raise DataError(f"{csv}: no such file. Fix: check the path in the config (data.train / data.val / data.test).")
     try:
-        # Ids and labels stay text: "007" must not become 7.
-        return pd.read_csv(csv, dtype=str if str_columns is None else {c: str for c in str_columns})
+        # Ids and labels stay text: "007" must not become 7, and a class or id named "None", "NA" or "null" is a
+        # name, not a missing value: only an empty cell is missing.
+        return pd.read_csv(csv, dtype=str if str_columns is None else {c: str for c in str_columns}, keep_default_na=False, na_values=[""])
     except (pd.errors.ParserError, pd.errors.EmptyDataError, UnicodeDecodeError) as exc:
         raise DataError(f"{csv}: cannot parse as CSV ({exc}). Fix: save it as a comma-separated UTF-8 file with a header row.") from None
 

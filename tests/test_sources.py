@@ -166,3 +166,15 @@ def test_subset_and_without_keep_labels_aligned(folder_dataset: Path) -> None:
     assert part.labels.tolist() == [images.labels[5], images.labels[20], images.labels[0]]
     kept = part.without(np.array([True, False, True]), ["x: bad"])
     assert kept.paths == (images.paths[5], images.paths[0]) and kept.skipped == ("x: bad",)
+
+
+def test_classes_and_ids_named_like_missing_values_are_names(tmp_path: Path) -> None:
+    rows = [("NA", "None"), ("null", "NA"), ("n1", "None"), ("n2", "NA")]
+    for image_id, _ in rows:
+        make_image(tmp_path / "train" / f"{image_id}.png", (100, 100, 100))
+    pd.DataFrame(rows, columns=["id", "label"]).to_csv(tmp_path / "train.csv", index=False)
+    images = from_csv(tmp_path / "train.csv", tmp_path / "train")
+    assert list(images.class_names) == ["NA", "None"] and list(images.ids) == ["NA", "null", "n1", "n2"]
+    pd.DataFrame({"id": ["n1", "n2"], "label": ["None", ""]}).to_csv(tmp_path / "empty.csv", index=False)
+    with pytest.raises(DataError, match="line 3"):  # an empty cell is still a missing label
+        from_csv(tmp_path / "empty.csv", tmp_path / "train")

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import os
+import stat
 from pathlib import Path
 
 import numpy as np
@@ -83,3 +85,19 @@ def test_existing_file_is_kept_without_force(tmp_path: Path) -> None:
     write_submission(frame, target, force=True)
     assert target.read_text().startswith("id,label")
     assert [p.name for p in tmp_path.iterdir()] == ["submission.csv"]  # no temp files left behind
+
+
+def test_atomic_writes_keep_the_permissions_a_plain_write_gives(tmp_path: Path) -> None:
+    from app.atomic import write_text
+
+    old = os.umask(0o022)
+    try:
+        new_file = write_text(tmp_path / "new.csv", "a\n")
+        assert stat.S_IMODE(new_file.stat().st_mode) == 0o644  # 0o666 less the umask, not mkstemp's 0o600
+        shared = tmp_path / "shared.csv"
+        shared.write_text("old\n")
+        shared.chmod(0o664)
+        write_text(shared, "new\n")  # --force style replacement keeps the file's own mode
+        assert stat.S_IMODE(shared.stat().st_mode) == 0o664 and shared.read_text() == "new\n"
+    finally:
+        os.umask(old)
