@@ -34,6 +34,8 @@ def plain_write_mode(path: Path) -> int:
 def atomic_write(path: str | os.PathLike, write: Callable[[Path], None], *, force: bool = True) -> Path:
     """Call `write(tmp_path)` then rename onto `path`. With `force=False` an existing file is never replaced."""
     path = Path(path)
+    if path.is_dir():  # even with force: a folder is never replaced by a file
+        raise OutputExistsError(f"{path}: is a folder. Fix: give the path of a file to write, e.g. {path / 'submission.csv'}")
     if not force and path.exists():
         raise OutputExistsError(f"{path}: already exists. Fix: choose another output path, or pass --force to overwrite it.")
     path.parent.mkdir(parents=True, exist_ok=True)

@@ -17,6 +17,16 @@ class ConfigError(ValueError):
     """A config file or override that does not fit the schema. The message is user-facing."""
 
 
+MONITORS = ("val_loss", "val_accuracy", "val_auc", "loss", "accuracy", "auc")  # what fit logs (auc: multi-label)
+
+
+def _require(section: object, key: str, ok: bool, expected: str) -> None:
+    """One line naming the key, its value and the allowed range, at load time (not a traceback an epoch later)."""
+    if not ok:
+        name = key.split(".")[-1]
+        raise ConfigError(f"config key {key}: {getattr(section, name)!r} is not allowed; expected {expected}")
+
+
 @dataclass
 class DataConfig:
     """Where the images are and how to read them. See README "Your own data"."""
@@ -41,6 +51,12 @@ class DataConfig:
     workers: int | None = None  # processes decoding + augmenting training batches; None: one per core for 2,000+ images, else 0 (threads here)
     check_images: bool = True  # decode every image before training to report bad files up front
     skip_bad_images: bool = False  # leave unreadable images out (and report them) instead of stopping
+
+    def __post_init__(self) -> None:
+        _require(self, "data.image_size", self.image_size >= 8, "a whole number of pixels >= 8 (e.g. 64)")
+        _require(self, "data.batch_size", self.batch_size >= 1, "a whole number >= 1 (e.g. 32)")
+        _require(self, "data.val_fraction", 0.0 <= self.val_fraction < 1.0, "a fraction in [0, 1) (e.g. 0.2)")
+        _require(self, "data.workers", self.workers is None or self.workers >= 0, "0 (threads), a number of processes, or null (automatic)")
 
 
 @dataclass
@@ -160,6 +176,16 @@ class TrainConfig:
     deterministic: bool = True  # seeded and op-deterministic: same config + seed -> same metrics on CPU
     verbose: int = 2  # Keras fit verbosity: 0 silent, 1 progress bar, 2 one line per epoch
 
+    def __post_init__(self) -> None:
+        _require(self, "train.epochs", self.epochs >= 1, "a whole number >= 1")
+        _require(self, "train.learning_rate", self.learning_rate > 0, "a number > 0 (e.g. 0.001)")
+        _require(self, "train.weight_decay", self.weight_decay is None or self.weight_decay >= 0, "a number >= 0, or null")
+        _require(self, "train.momentum", 0.0 <= self.momentum < 1.0, "a number in [0, 1)")
+        _require(self, "train.label_smoothing", 0.0 <= self.label_smoothing < 1.0, "a number in [0, 1) (e.g. 0.1)")
+        _require(self, "train.early_stopping_patience", self.early_stopping_patience >= 0, "a whole number of epochs >= 0 (0: no early stopping)")
+        _require(self, "train.verbose", self.verbose in (0, 1, 2), "0, 1 or 2")
+        _require(self, "train.monitor", self.monitor in MONITORS, f"one of {', '.join(MONITORS)}")
+
 
 @dataclass
 class FinetuneConfig:
@@ -173,6 +199,12 @@ class FinetuneConfig:
     schedule: ScheduleConfig = field(default_factory=ScheduleConfig)
     unfreeze_blocks: int | None = None
     unfreeze_layers: int | None = None
+
+    def __post_init__(self) -> None:
+        _require(self, "finetune.epochs", self.epochs >= 0, "a whole number >= 0 (0: no fine-tuning stage)")
+        _require(self, "finetune.learning_rate", self.learning_rate > 0, "a number > 0 (e.g. 1e-5)")
+        _require(self, "finetune.unfreeze_blocks", self.unfreeze_blocks is None or self.unfreeze_blocks >= 1, "a whole number >= 1, or null")
+        _require(self, "finetune.unfreeze_layers", self.unfreeze_layers is None or self.unfreeze_layers >= 1, "a whole number >= 1, or null")
 
 
 @dataclass

@@ -104,9 +104,7 @@ AUTO_WORKERS_MIN_IMAGES = 2000  # below this, starting worker processes (about 2
 
 def training_workers(cfg: DataConfig, num_images: int) -> int:
     """Worker processes for a training set: data.workers, or when unset one per usable core for large sets."""
-    if cfg.workers is not None:
-        if cfg.workers < 0:
-            raise DataError(f"data.workers={cfg.workers}: expected 0 (threads in this process), a positive count, or null for automatic")
+    if cfg.workers is not None:  # >= 0: checked when the config loads
         return cfg.workers
     return len(os.sched_getaffinity(0)) if num_images >= AUTO_WORKERS_MIN_IMAGES else 0
 

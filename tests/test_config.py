@@ -74,3 +74,37 @@ def test_blocks_round_trip_through_the_saved_config(tmp_path: Path) -> None:
     assert config.model.blocks == [ConvBlock(8, 5, 2), ConvBlock(16, repeats=1, pool="avg")]
     (tmp_path / "saved.yaml").write_text(dump_config(config))
     assert load_config(tmp_path / "saved.yaml") == config
+
+
+@pytest.mark.parametrize(
+    "override,pattern",
+    [
+        ("data.batch_size=0", r"data.batch_size: 0 is not allowed; expected a whole number >= 1"),
+        ("data.batch_size=-4", r"data.batch_size: -4 is not allowed"),
+        ("data.image_size=0", r"data.image_size: 0 is not allowed; expected a whole number of pixels >= 8"),
+        ("data.image_size=-32", r"data.image_size: -32 is not allowed"),
+        ("data.val_fraction=1.5", r"data.val_fraction: 1.5 is not allowed; expected a fraction in \[0, 1\)"),
+        ("data.workers=-1", r"data.workers: -1 is not allowed"),
+        ("train.epochs=0", r"train.epochs: 0 is not allowed"),
+        ("train.learning_rate=0", r"train.learning_rate: 0.0 is not allowed; expected a number > 0"),
+        ("train.label_smoothing=1", r"train.label_smoothing: 1.0 is not allowed"),
+        ("train.early_stopping_patience=-1", r"train.early_stopping_patience: -1 is not allowed"),
+        ("train.monitor=val_nonsense", r"train.monitor: 'val_nonsense' is not allowed; expected one of val_loss, val_accuracy"),
+        ("train.verbose=3", r"train.verbose: 3 is not allowed"),
+        ("finetune.epochs=-1", r"finetune.epochs: -1 is not allowed"),
+        ("finetune.unfreeze_blocks=0", r"finetune.unfreeze_blocks: 0 is not allowed"),
+    ],
+)
+def test_numeric_options_are_checked_at_load(override: str, pattern: str) -> None:
+    # each was a traceback (ZeroDivisionError, a Keras shape message, a KeyError after a whole epoch) or a misleading line
+    with pytest.raises(ConfigError, match=pattern):
+        load_config(overrides=[override])
+
+
+def test_cli_bad_numeric_option_is_one_line_before_any_work(capsys: pytest.CaptureFixture[str], tmp_path: Path) -> None:
+    from app.cli import main
+
+    assert main(["train", "--set", f"output.dir={tmp_path / 'runs'}", "--set", "data.batch_size=0"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err == "error: config key data.batch_size: 0 is not allowed; expected a whole number >= 1 (e.g. 32)"
+    assert not (tmp_path / "runs").exists()

@@ -101,3 +101,11 @@ def test_atomic_writes_keep_the_permissions_a_plain_write_gives(tmp_path: Path) 
         assert stat.S_IMODE(shared.stat().st_mode) == 0o664 and shared.read_text() == "new\n"
     finally:
         os.umask(old)
+
+
+def test_an_existing_folder_as_output_is_one_clear_error_even_with_force(tmp_path: Path) -> None:
+    from app.atomic import write_text
+
+    with pytest.raises(OutputExistsError, match="is a folder. Fix: give the path of a file"):
+        write_text(tmp_path, "a\n", force=True)
+    assert tmp_path.is_dir()

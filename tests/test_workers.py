@@ -147,15 +147,15 @@ def test_training_with_workers_gives_the_same_run(tiny_config):
 
 
 def test_automatic_worker_count():
-    from app.config import DataConfig
+    from app.config import ConfigError, DataConfig
     from app.data import AUTO_WORKERS_MIN_IMAGES, training_workers
 
     cores = len(os.sched_getaffinity(0))
     assert training_workers(DataConfig(), AUTO_WORKERS_MIN_IMAGES) == cores
     assert training_workers(DataConfig(), AUTO_WORKERS_MIN_IMAGES - 1) == 0
     assert training_workers(DataConfig(workers=3), 10) == 3
-    with pytest.raises(DataError, match="data.workers=-2"):
-        training_workers(DataConfig(workers=-2), 10)
+    with pytest.raises(ConfigError, match="data.workers: -2 is not allowed"):
+        DataConfig(workers=-2)  # refused when the config loads, before any work
 
 
 def test_a_transform_that_cannot_be_pickled_is_one_clear_error(folder_dataset: Path):
