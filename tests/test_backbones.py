@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import re
+
 from pathlib import Path
 
 import keras
@@ -190,7 +192,7 @@ def test_imagenet_download_failure_says_where_to_put_the_file(monkeypatch: pytes
 
     monkeypatch.setattr(file_utils, "get_file", offline)
     monkeypatch.setenv("KERAS_HOME", str(tmp_path / "keras"))
-    with pytest.raises(ValueError, match=rf"could not download the ImageNet weights of vgg16.*place it in {tmp_path}/keras/models/.*model.weights=null"):
+    with pytest.raises(ValueError, match=rf"could not download the ImageNet weights of vgg16.*Fix: download {re.escape(url)} elsewhere and place it in {tmp_path}/keras/models/.*model.weights=null"):
         create_model("vgg16", input_shape=(SIZE, SIZE, 3), num_classes=2, weights="imagenet")
 
 

@@ -115,7 +115,7 @@ class BackbonePreprocess(layers.Layer):
 
 def _download_hint(exc: Exception, spec: BackboneSpec) -> str:
     """One line for a failed ImageNet download: which file to put where, or which option to pass instead."""
-    match = re.search(r"URL fetch failure on (\S+?):", str(exc))
+    match = re.search(r"URL fetch failure on (\S+?):(?:\s|$)", str(exc))  # the URL, not its "https" before "://"
     url = match.group(1) if match else None
     cache = Path(os.environ.get("KERAS_HOME", Path.home() / ".keras")) / "models"
     where = f"download {url} elsewhere and place it in {cache}/ (Keras' cache; KERAS_HOME moves it)" if url else f"place the weights file in {cache}/"
