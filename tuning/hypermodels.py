@@ -194,7 +194,9 @@ FIXED_COST_SHARE = 0.2  # per-image work that does not shrink with the network (
 def compute_epochs(epochs: int, reference_macs: int, macs: int) -> int:
     """Epochs that cost about what `epochs` of the reference network cost. The cost of an epoch is modelled as the
     network's convolution multiply-accumulates plus a fixed share of the reference's (measured on 2 cores at 64 px:
-    epochs of 11, 53, 155 and 271 million MACs took 4.5, 6.0, 19.5 and 25.4 s; the model is within 30 % of each)."""
+    epochs of 11, 53, 155 and 271 million MACs took 4.5, 6.0, 19.5 and 25.4 s; taking the 155-million network as the
+    reference, the model predicts 4.4, 8.8 and 31.7 s for the others: a rough cost model that orders networks
+    rightly, not a timer)."""
     fixed = FIXED_COST_SHARE * reference_macs
     scaled = epochs * (reference_macs + fixed) / (macs + fixed)
     return int(min(max(1, round(scaled)), MAX_EPOCH_FACTOR * epochs))
