@@ -31,13 +31,20 @@ def plain_write_mode(path: Path) -> int:
         return 0o666 & ~umask
 
 
-def atomic_write(path: str | os.PathLike, write: Callable[[Path], None], *, force: bool = True) -> Path:
-    """Call `write(tmp_path)` then rename onto `path`. With `force=False` an existing file is never replaced."""
+def check_output(path: str | os.PathLike, *, force: bool = False) -> Path:
+    """Raise the error `atomic_write` would, before any work is spent on the output: a folder is never replaced by a
+    file, and an existing file only with `force`."""
     path = Path(path)
-    if path.is_dir():  # even with force: a folder is never replaced by a file
+    if path.is_dir():
         raise OutputExistsError(f"{path}: is a folder. Fix: give the path of a file to write, e.g. {path / 'submission.csv'}")
     if not force and path.exists():
         raise OutputExistsError(f"{path}: already exists. Fix: choose another output path, or pass --force to overwrite it.")
+    return path
+
+
+def atomic_write(path: str | os.PathLike, write: Callable[[Path], None], *, force: bool = True) -> Path:
+    """Call `write(tmp_path)` then rename onto `path`. With `force=False` an existing file is never replaced."""
+    path = check_output(path, force=force)
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=path.suffix, dir=path.parent)
     os.close(fd)

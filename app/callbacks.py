@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import warnings
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -12,6 +13,7 @@ import numpy as np
 import pandas as pd
 
 from app.atomic import atomic_write, write_json
+from app.models.portable import portable_model
 
 
 def monitor_mode(monitor: str) -> str:
@@ -20,8 +22,10 @@ def monitor_mode(monitor: str) -> str:
 
 
 class BestModelCheckpoint(keras.callbacks.Callback):
-    """Save the whole model to a `.keras` file whenever `monitor` improves, atomically (temp file + rename),
-    so an interrupted run never leaves a truncated model behind. Records `best_epoch` (1-based).
+    """Save the model to a `.keras` file whenever `monitor` improves, atomically (temp file + rename), so an
+    interrupted run never leaves a truncated model behind. Records `best_epoch` (1-based). The file holds the
+    inference model (`portable_model`: no optimizer or schedule), which plain Keras loads without this toolkit;
+    resuming uses BackupAndRestore's own state, not this file.
 
     With `state_path`, the best value so far is kept in a JSON file too, so a resumed run (or a second training
     stage) only replaces the checkpoint with a better one."""
@@ -44,9 +48,17 @@ class BestModelCheckpoint(keras.callbacks.Callback):
             raise KeyError(f"train.monitor={self.monitor!r} is not among the logged metrics {sorted(logs or {})}")
         if self.best is None or self.better(value, self.best):
             self.best, self.best_epoch = float(value), epoch + 1
-            atomic_write(self.filepath, lambda tmp: self.model.save(tmp))
+            atomic_write(self.filepath, lambda tmp: portable_model(self.model).save(tmp))
             if self.state_path:
                 write_json(self.state_path, {"monitor": self.monitor, "best": self.best, "best_epoch": self.best_epoch})
+
+    def restore(self, model: keras.Model) -> None:
+        """Load the best weights saved so far into `model` (the one being trained), if any were saved."""
+        if not self.filepath.is_file():
+            return
+        with warnings.catch_warnings():  # the file has no optimizer state, by design: Keras warns that it skips it
+            warnings.filterwarnings("ignore", message="Skipping variable loading for optimizer")
+            model.load_weights(self.filepath)
 
 
 class HistoryCSV(keras.callbacks.Callback):

@@ -1,4 +1,4 @@
-"""Command-line interface: a thin face over app.training, app.evaluation, app.prediction and app.demo.
+"""Command-line interface: a thin face over app.training, app.inference.evaluation, app.inference.prediction and app.demo.
 
     imgclf demo                                   # digits: train, score the hold-out set, write submission.csv
     imgclf train -c configs/example.yaml --set train.epochs=5
@@ -9,6 +9,7 @@
     imgclf find-lr -c config.yaml                    # LR range test: loss vs learning rate, a suggested rate
     imgclf tune -c configs/search.yaml [--then-train] # architecture / hyperparameter search (tuning/)
     imgclf explain runs/<run> anatomy|feature-maps IMAGE|gradcam [--mistakes]   # what the model computes (app/explain/)
+    imgclf export runs/<run> --format saved_model tflite --check                 # for use elsewhere (app/inference/export.py)
 """
 
 from __future__ import annotations
@@ -24,6 +25,7 @@ from pathlib import Path
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")  # keep TensorFlow's C++ start-up chatter out of the way
 
 log = logging.getLogger("imgclf")
+EXPORT_FORMATS = ("keras", "saved_model", "tflite", "onnx")  # app.inference.export.FORMATS, without importing TensorFlow for --help
 
 EPILOG = """examples:
   imgclf demo
@@ -35,6 +37,7 @@ EPILOG = """examples:
   imgclf find-lr -c configs/finetune.yaml --set data.train=path/to/folder
   imgclf tune -c configs/search.yaml --set data.train=path/to/folder --set tune.max_trials=20 --then-train
   imgclf explain runs/20260101-120000-baseline_cnn gradcam --mistakes
+  imgclf export runs/20260101-120000-baseline_cnn --format saved_model --check
 
 Config values can be overridden with --set section.key=value (values are YAML: 5, 0.1, true, null, [1, 2]).
 Every run writes its resolved config.yaml next to model.keras, history.csv, metrics.json and curves.png."""
@@ -115,6 +118,16 @@ def build_parser() -> argparse.ArgumentParser:
     cam.add_argument("--count", type=int, default=16, help="images in the grid (default 16)")
     cam.add_argument("--layer", help="the layer to explain (default: the last spatial activation)")
     cam.add_argument("--output", help="folder for the PNG (default RUN/explain/)")
+
+    export = sub.add_parser("export", help="the run's model for use elsewhere (.keras, SavedModel, LiteRT, ONNX), its class names beside it")
+    export.add_argument("run", help="a run directory written by train")
+    export.add_argument("--format", nargs="+", default=["keras"], choices=[*EXPORT_FORMATS, "all"], help="one or more formats (default keras)")
+    export.add_argument("--output", help="the export's path, for one format (default: RUN/export/model.keras, saved_model/, model.tflite, model.onnx)")
+    export.add_argument("--check", action="store_true", help="parity: each export's probabilities on real images against the run's own")
+    export.add_argument("--data", help="labeled folder or CSV for --check (default: the run's validation split)")
+    export.add_argument("--images", help="image folder for a CSV given with --data")
+    export.add_argument("--count", type=int, default=64, help="images --check uses (default 64)")
+    export.add_argument("--force", action="store_true", help="replace an existing export")
     return parser
 
 
@@ -141,15 +154,12 @@ def cmd_train(args: argparse.Namespace) -> int:
 
 
 def cmd_evaluate(args: argparse.Namespace) -> int:
-    from app.data import load_labeled, load_train_val
+    from app.data import evaluation_set
     from app.reports import write_evaluation
     from app.runs import load_run
 
     run = load_run(args.run)
-    if args.data:
-        images = load_labeled(args.data, args.images, run.config.data, class_names=run.class_names)
-    else:
-        _, images = load_train_val(run.config.data, run.config.seed)
+    images = evaluation_set(run.config, run.class_names, args.data, args.images)
     name = Path(args.data).stem if args.data else "val"
     output = Path(args.output) if args.output else run.path / f"evaluation-{name}"
     metrics = write_evaluation(output, run.model, images, run.config, source=args.data or "validation split", force=args.force)
@@ -159,8 +169,8 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
 
 
 def cmd_predict(args: argparse.Namespace) -> int:
+    from app.inference.submission import submit
     from app.runs import load_run
-    from app.submission import submit
 
     run = load_run(args.run)
     output = Path(args.output) if args.output else run.path / "submission.csv"
@@ -193,8 +203,8 @@ def cmd_plot_lr(args: argparse.Namespace) -> int:
     from app.atomic import OutputExistsError
     from app.config import load_config
     from app.data import load_train_val
-    from app.plots import plot_lr_schedule
     from app.fitting import plan_stages
+    from app.plots import plot_lr_schedule
 
     config = load_config(args.config, args.overrides)
     output = Path(args.output)
@@ -211,25 +221,13 @@ def cmd_plot_lr(args: argparse.Namespace) -> int:
 
 
 def cmd_find_lr(args: argparse.Namespace) -> int:
-    import dataclasses
-
-    import pandas as pd
-
-    from app.atomic import atomic_write, write_json, write_text
-    from app.config import dump_config, load_config
-    from app.lr_finder import find_lr, plot_lr_finder
-    from app.runs import CONFIG_FILE, create_run_dir
+    from app.config import load_config
+    from app.lr_finder import find_lr, write_lr_finder
 
     config = load_config(args.config, args.overrides)
     result = find_lr(config, steps=args.steps, start_lr=args.start_lr, end_lr=args.end_lr)
-    run_dir = create_run_dir(config.output.dir, None, f"lr_finder-{config.model.name}")
-    write_text(run_dir / CONFIG_FILE, dump_config(config))
-    frame = pd.DataFrame({"learning_rate": result.learning_rates, "loss": result.losses, "smoothed_loss": result.smoothed})
-    atomic_write(run_dir / "lr_finder.csv", lambda p: frame.to_csv(p, index=False))
-    summary = {k: v for k, v in dataclasses.asdict(result).items() if k not in ("learning_rates", "losses", "smoothed")}
-    write_json(run_dir / "lr_finder.json", {**summary, "steps": args.steps, "start_lr": args.start_lr, "end_lr": args.end_lr})
-    plot_lr_finder(result, str(run_dir / "lr_finder.png"))
-    print(f"suggested learning rate: {result.suggested_lr:.3g} (steepest descent; the loss is lowest at {result.min_loss_lr:.3g})")
+    run_dir = write_lr_finder(config, result, steps=args.steps, start_lr=args.start_lr, end_lr=args.end_lr)
+    print(f"suggested learning rate: {result.suggested_lr:.3g} (the longest descent of the loss; the loss is lowest at {result.min_loss_lr:.3g})")
     for note in result.notes:
         print(f"note: {note}")
     print(f"plot: {run_dir / 'lr_finder.png'}")
@@ -276,6 +274,34 @@ def cmd_explain(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_export(args: argparse.Namespace) -> int:
+    from app.data import evaluation_set
+    from app.inference.export import check_export, export_run
+    from app.runs import load_run
+
+    formats = list(EXPORT_FORMATS) if "all" in args.format else list(dict.fromkeys(args.format))
+    if args.output and len(formats) > 1:
+        raise ValueError(f"--output names one export, but {len(formats)} formats were asked for. Fix: give one --format, or leave --output out.")
+    if args.count < 1:
+        raise ValueError(f"--count {args.count}: give at least 1 image")
+    run = load_run(args.run)
+    images = evaluation_set(run.config, run.class_names, args.data, args.images) if args.check else None
+    if images is not None:
+        images = images.subset(range(min(args.count, len(images))))
+    failed = 0
+    for fmt in formats:
+        exported = export_run(run, fmt, args.output, force=args.force)
+        print(f"{fmt}: {exported.path} ({exported.size_bytes / 1e6:.1f} MB), class names in {exported.metadata_path}")
+        if images is not None:
+            check = check_export(exported, run, images)
+            failed += not check.ok
+            print(
+                f"  parity on {check.images} images: max |probability difference| {check.max_abs_diff:.1e} "
+                f"(tolerance {check.tolerance:.0e}), same top class {check.same_top_class:.0%}: {'ok' if check.ok else 'FAILED'}"
+            )
+    return 1 if failed else 0
+
+
 def _pipeline_error(exc: BaseException) -> str | None:
     """The user-facing message of a DataError wrapped in a TensorFlow op error, if that is what `exc` is."""
     match = re.search(r"(?:DataError|ImageReadError): (.+)", str(exc))
@@ -292,6 +318,7 @@ COMMANDS = {
     "find-lr": cmd_find_lr,
     "tune": cmd_tune,
     "explain": cmd_explain,
+    "export": cmd_export,
 }
 
 

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import logging
 import math
-import os
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -19,7 +18,8 @@ from pipelines.errors import DataError
 from pipelines.images import check_images
 from pipelines.sources import ImageSet, from_csv, from_folder, from_sample_submission, unlabeled_folder
 from pipelines.split import train_val_split
-from pipelines.tfdata import decode_all, make_dataset
+from pipelines.tfdata import abandon_dataset, decode_all, make_dataset
+from pipelines.workers import usable_cores
 
 log = logging.getLogger(__name__)
 
@@ -68,6 +68,14 @@ def load_train_val(cfg: DataConfig, seed: int) -> tuple[ImageSet, ImageSet]:
     return train.subset(train_idx), train.subset(val_idx)
 
 
+def evaluation_set(config: Config, class_names: Sequence[str], data: str | None = None, images: str | None = None) -> ImageSet:
+    """The labeled images a finished run is scored on: `data` (a folder or CSV; `images`, a CSV's image folder) in
+    the run's class order, or else the run's own validation split, re-derived from its config and seed."""
+    if data:
+        return load_labeled(data, images, config.data, class_names=class_names)
+    return load_train_val(config.data, config.seed)[1]
+
+
 def load_test(cfg: DataConfig, path: str | None = None, images: str | None = None) -> ImageSet:
     """The test set from `path` (default data.test)."""
     path = path or cfg.test
@@ -106,7 +114,7 @@ def training_workers(cfg: DataConfig, num_images: int) -> int:
     """Worker processes for a training set: data.workers, or when unset one per usable core for large sets."""
     if cfg.workers is not None:  # >= 0: checked when the config loads
         return cfg.workers
-    return len(os.sched_getaffinity(0)) if num_images >= AUTO_WORKERS_MIN_IMAGES else 0
+    return usable_cores() if num_images >= AUTO_WORKERS_MIN_IMAGES else 0
 
 
 def make_tf_dataset(
@@ -160,10 +168,27 @@ class PreparedData:
         return math.ceil(len(self.train) / batch_size)
 
 
+def _require_every_class(images: ImageSet) -> None:
+    """After unreadable images were skipped, every class must keep at least one training image: a class without
+    any would be trained as if it never occurs, and reported with support 0."""
+    if images.labels is None or not images.skipped:
+        return
+    labels = np.asarray(images.labels)
+    counts = labels.sum(axis=0) if images.multilabel else np.bincount(labels, minlength=images.num_classes)
+    empty = [name for name, count in zip(images.class_names, counts) if count == 0]
+    if empty:
+        shown = ", ".join(repr(n) for n in empty[:3]) + (f" and {len(empty) - 3} more" if len(empty) > 3 else "")
+        raise DataError(
+            f"class {shown} has no readable training image left ({len(images.skipped)} unreadable image(s) skipped: see the log). "
+            "Fix: replace those images, or remove the class (its folder, or its rows and column)."
+        )
+
+
 def prepare_data(config: Config, with_val: bool = True) -> PreparedData:
     """Load and split the sets of `config`, decode (data.cache) or check every image once, compute class weights."""
     train_set, val_set = load_train_val(config.data, config.seed)
     train_set, train_cache = prepare(train_set, config.data)
+    _require_every_class(train_set)
     val_cache = None
     if with_val:
         val_set, val_cache = prepare(val_set, config.data)
@@ -178,6 +203,7 @@ class Datasets:
     train: tf.data.Dataset
     val: tf.data.Dataset | None
     made: tf.data.Dataset  # the training set as made (it owns the worker pool)
+    made_val: tf.data.Dataset | None = None
 
     def close(self) -> None:
         close_workers(self.made)
@@ -185,7 +211,11 @@ class Datasets:
     def __enter__(self) -> Datasets:
         return self
 
-    def __exit__(self, *exc: object) -> None:
+    def __exit__(self, exc_type: type[BaseException] | None, *exc: object) -> None:
+        if exc_type is not None:  # a fit stopped mid-epoch: let the batches in flight end before the iterators go
+            for dataset in (self.made, self.made_val):
+                if dataset is not None:
+                    abandon_dataset(dataset)
         self.close()
 
 
@@ -205,9 +235,9 @@ def make_datasets(config: Config, data: PreparedData, strategy: tf.distribute.St
     if whole and val_set is not None and len(val_set) % config.data.batch_size:
         left_out = len(val_set) % config.data.batch_size
         log.info("%d validation images are left out of the per-epoch scores (whole batches on %d replicas)", left_out, replicas)
-    val_ds = None
+    val_ds = made_val = None
     if val_set is not None:
-        val_ds = make_tf_dataset(val_set, config.data, config.augment.eval, training=False, seed=config.seed, cache=data.val_cache, drop_remainder=whole)
+        val_ds = made_val = make_tf_dataset(val_set, config.data, config.augment.eval, training=False, seed=config.seed, cache=data.val_cache, drop_remainder=whole)
     workers = training_workers(config.data, len(data.train))
     made = make_tf_dataset(
         data.train, config.data, config.augment.train, training=True, seed=config.seed, cache=data.train_cache, drop_remainder=whole, workers=workers
@@ -218,4 +248,4 @@ def make_datasets(config: Config, data: PreparedData, strategy: tf.distribute.St
         options.experimental_distribute.auto_shard_policy = tf.data.experimental.AutoShardPolicy.DATA
         fed = made.with_options(options)
         val_ds = val_ds.with_options(options) if val_ds is not None else None
-    return Datasets(fed, val_ds, made)
+    return Datasets(fed, val_ds, made, made_val)

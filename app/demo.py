@@ -8,9 +8,9 @@ from pathlib import Path
 from app.atomic import write_json
 from app.config import Config, apply_overrides, from_dict
 from app.data import load_labeled
-from app.evaluation import evaluate_images
+from app.inference.evaluation import evaluate_images
+from app.inference.submission import submit
 from app.runs import load_run
-from app.submission import submit
 from app.training import train
 from pipelines.datasets.digits import export_digits
 

@@ -1,5 +1,5 @@
 """How well a model did on a labeled set, as files: per_class.csv, confusion_matrix.png and mistakes.png
-(a grid of the most confident mistakes). Metrics come from scikit-learn (app.evaluation)."""
+(a grid of the most confident mistakes). Metrics come from scikit-learn (app.inference.evaluation)."""
 
 from __future__ import annotations
 
@@ -13,7 +13,7 @@ import pandas as pd
 from sklearn.metrics import ConfusionMatrixDisplay, multilabel_confusion_matrix, precision_recall_fscore_support, roc_auc_score
 
 from app.atomic import atomic_write
-from app.evaluation import classification_metrics
+from app.inference.evaluation import classification_metrics
 from app.plots import subplots
 from pipelines.errors import ImageReadError
 from pipelines.images import read_image
@@ -119,7 +119,7 @@ def write_evaluation(out_dir: str | os.PathLike, model: Any, images: ImageSet, c
     or an existing one only with `force`)."""
     from app.atomic import OutputExistsError, write_json
     from app.data import prepare
-    from app.prediction import predict_probs
+    from app.inference.prediction import predict_probs
 
     out_dir = Path(out_dir)
     if out_dir.exists() and any(out_dir.iterdir()) and not force:

@@ -31,8 +31,8 @@ from app.config import Config, dump_config
 from app.data import PreparedData, make_datasets, prepare_data
 from app.devices import make_strategy, precision_policy
 from app.fitting import Stage, build_model, compile_model, fit_stages, plan_stages, seed_everything, set_trainable
+from app.inference.prediction import predict_probs
 from app.plots import plot_history, plot_lr_schedule
-from app.prediction import predict_probs
 from app.reports import write_report
 from pipelines.augment import build_transform, save_transform
 
@@ -62,6 +62,8 @@ def train(config: Config, callbacks: Sequence[keras.callbacks.Callback] = (), da
     started = time.perf_counter()
     strategy = make_strategy(config.train.distribute)  # first: MultiWorkerMirroredStrategy must precede any TF op
     seed_everything(config.seed, config.train.deterministic)
+    size = (config.data.image_size, config.data.image_size)
+    transforms = {"train": build_transform(config.augment.train, size), "eval": build_transform(config.augment.eval, size)}  # before any work
     data = data or prepare_data(config)
     steps_per_epoch = data.steps_per_epoch(config.data.batch_size)
     stages = plan_stages(config, steps_per_epoch)
@@ -74,7 +76,7 @@ def train(config: Config, callbacks: Sequence[keras.callbacks.Callback] = (), da
         try:
             log.info("%s the run in %s", "resuming" if resumed else "writing", run_dir)
             if not resumed:
-                _write_run_files(run_dir, config, config_text, data, stages, steps_per_epoch)
+                _write_run_files(run_dir, config, config_text, data, stages, steps_per_epoch, transforms)
             backup = run_dir / runs.BACKUP_DIR
             backup.mkdir(exist_ok=True)
             model_path = run_dir / runs.MODEL_FILE
@@ -89,7 +91,7 @@ def train(config: Config, callbacks: Sequence[keras.callbacks.Callback] = (), da
                     strategy=strategy,
                     callbacks=callbacks,
                     stage_callbacks=lambda stage: _run_callbacks(run_dir, stage, checkpoint),
-                    restore_best=lambda: model.load_weights(model_path) if model_path.is_file() else None,
+                    restore_best=lambda: checkpoint.restore(model),
                     finished=lambda stage: _finished_stage(run_dir, stage),
                 )
             history = _read_history(run_dir / "history.csv")
@@ -137,10 +139,11 @@ def _finished_stage(run_dir: Path, stage: Stage) -> int | None:
     return json.loads(done.read_text())["last_epoch"] if done.is_file() else None
 
 
-def _write_run_files(run_dir: Path, config: Config, config_text: str, data: PreparedData, stages: list[Stage], steps_per_epoch: int) -> None:
+def _write_run_files(
+    run_dir: Path, config: Config, config_text: str, data: PreparedData, stages: list[Stage], steps_per_epoch: int, transforms: dict[str, Any]
+) -> None:
     write_text(run_dir / runs.CONFIG_FILE, config_text)
     write_json(run_dir / runs.CLASSES_FILE, {"class_names": list(data.train.class_names), "multilabel": data.multilabel})
-    size = (config.data.image_size, config.data.image_size)
-    save_transform(build_transform(config.augment.train, size), run_dir / "augment_train.yaml")
-    save_transform(build_transform(config.augment.eval, size), run_dir / "augment_eval.yaml")
+    save_transform(transforms["train"], run_dir / "augment_train.yaml")
+    save_transform(transforms["eval"], run_dir / "augment_eval.yaml")
     plot_lr_schedule([(s.name, s.lr, s.epochs) for s in stages], steps_per_epoch, run_dir / "lr_schedule.png")

@@ -38,7 +38,7 @@ from sklearn.model_selection import train_test_split  # noqa: E402
 
 from app.config import Config, load_config  # noqa: E402
 from app.data import load_labeled  # noqa: E402
-from app.evaluation import evaluate_images  # noqa: E402
+from app.inference.evaluation import evaluate_images  # noqa: E402
 from app.runs import load_run  # noqa: E402
 from app.training import train  # noqa: E402
 from pipelines.sources import from_folder  # noqa: E402

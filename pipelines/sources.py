@@ -6,6 +6,7 @@ wrong column or a missing file is reported before any training starts, with the 
 
 from __future__ import annotations
 
+import logging
 import os
 from collections import Counter
 from collections.abc import Sequence
@@ -19,6 +20,7 @@ from pipelines.errors import DataError
 from pipelines.images import IMAGE_EXTENSIONS, is_image_file
 
 _MAX_LISTED = 3  # how many offending rows/files an error message quotes
+log = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True)
@@ -211,7 +213,8 @@ def from_csv(
 ) -> ImageSet:
     """A labeled CSV: one label column (`id,breed`) or one 0/1 column per class (`image_id,healthy,rust,...`).
 
-    Images are `<image_dir>/<id><extension>` (extension detected when unset) or come from `path_column`.
+    Images are `<image_dir>/<id><extension>` (extension detected when unset) or come from `path_column`, which
+    then also gives the ids when the CSV has no `id_column`.
     With `label_columns`, rows with exactly one 1 are multi-class; rows with several 1s make the set
     multi-label (force either with `multilabel`). With one label column and `multilabel=True`, labels are
     split on `label_separator` (Kaggle "tags" style). `class_names` fixes the class order (e.g. the training
@@ -224,7 +227,12 @@ def from_csv(
         raise DataError(f"{csv}: no label column configured. Fix: set data.label_column, or data.label_columns for one-hot CSVs.")
     text_columns = [id_column] + ([path_column] if path_column else []) + ([] if onehot else [label_column])  # type: ignore[list-item]
     frame = _read_csv(csv, text_columns)
-    _require_columns(frame, [id_column] + ([path_column] if path_column else []), csv, "data.id_column / data.path_column")
+    if path_column:
+        _require_columns(frame, [path_column], csv, "data.path_column")
+        if id_column not in frame.columns:  # the paths name the images: they are the ids
+            id_column = path_column
+    else:
+        _require_columns(frame, [id_column], csv, "data.id_column (or data.path_column, for a column of image paths)")
     _require_columns(frame, list(label_columns) if onehot else [label_column], csv, "data.label_columns" if onehot else "data.label_column")  # type: ignore[list-item]
     if len(frame) == 0:
         raise DataError(f"{csv}: no rows. Fix: add one row per image.")
@@ -280,6 +288,11 @@ def _onehot_labels(
     sums = labels.sum(axis=1)
     if multilabel is None:
         multilabel = bool((sums != 1).any() and (sums > 1).any())
+        if multilabel:
+            log.info(
+                "%s: %d row(s) have several 1s (e.g. %s): multi-label (sigmoid per class). Set data.multilabel to choose.",
+                csv.name, int((sums > 1).sum()), _listing(_rows(sums > 1)),
+            )
     if not multilabel:
         wrong = sums != 1
         if wrong.any():
@@ -310,6 +323,10 @@ def from_sample_submission(
     ids = frame[id_column].tolist()
     _check_unique_ids(ids, str(csv))
     paths = _resolve_paths(frame, csv, Path(image_dir), id_column, None, extension)
+    listed = {os.path.normcase(os.path.abspath(p)) for p in paths}
+    extra = sorted(f.name for f in Path(image_dir).iterdir() if is_image_file(f) and os.path.normcase(os.path.abspath(f)) not in listed)
+    if extra:  # the submission follows the CSV's rows (what the competition scores); the user should still know
+        log.warning("%d image(s) in %s are not in %s and are not predicted: %s", len(extra), image_dir, csv.name, _listing(extra))
     others = tuple(str(c) for c in frame.columns if c != id_column)
     return ImageSet(tuple(paths), tuple(ids), others if len(others) > 1 else ())
 

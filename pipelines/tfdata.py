@@ -8,7 +8,10 @@ owns its copy of the transform. The per-batch work itself lives in pipelines.bat
 
 from __future__ import annotations
 
+import threading
+import time
 import weakref
+from collections.abc import Callable
 
 import albumentations as A
 import numpy as np
@@ -17,7 +20,7 @@ import tensorflow as tf
 from pipelines.batches import BatchLoader, Size, decode_all, resize
 from pipelines.sources import ImageSet
 
-__all__ = ["BatchLoader", "Size", "decode_all", "make_dataset", "resize"]
+__all__ = ["BatchLoader", "Size", "abandon_dataset", "decode_all", "make_dataset", "resize"]
 
 
 def make_dataset(
@@ -61,6 +64,7 @@ def make_dataset(
             return live(batch_indices, batch_seed)
     else:
         produce = loader
+    calls = _BatchCalls(produce, (height, width))
     parallel = (workers * 2 if workers else tf.data.AUTOTUNE) if num_parallel_calls is None else num_parallel_calls
 
     indices = tf.data.Dataset.range(len(images))
@@ -71,7 +75,7 @@ def make_dataset(
     labels = None if images.labels is None else tf.constant(images.labels)
 
     def load(batch_indices: tf.Tensor, batch_seed: tf.Tensor):
-        x = tf.numpy_function(produce, [batch_indices, batch_seed], tf.uint8, stateful=False, name="load_and_augment")
+        x = tf.numpy_function(calls, [batch_indices, batch_seed], tf.uint8, stateful=False, name="load_and_augment")
         x.set_shape([batch_size if drop_remainder else None, height, width, 3])
         if labels is None:
             return x
@@ -81,4 +85,57 @@ def make_dataset(
     dataset = dataset.prefetch(tf.data.AUTOTUNE)
     if pool is not None:
         dataset.worker_pool = pool
+    dataset.batch_calls = calls
     return dataset
+
+
+class _BatchCalls:
+    """The body of the pipeline's `tf.numpy_function`, counted, and stoppable: after the first error, or once
+    stopped, a call returns a blank batch at once instead of decoding (the stream is being abandoned)."""
+
+    def __init__(self, produce: Callable[[np.ndarray, np.ndarray], np.ndarray], image_size: Size):
+        self.produce = produce
+        self.image_size = image_size
+        self.stopped = False
+        self.started = 0
+        self.running = 0
+        self._lock = threading.Lock()
+
+    def __call__(self, batch_indices: np.ndarray, batch_seed: np.ndarray) -> np.ndarray:
+        with self._lock:
+            self.started += 1
+            self.running += 1
+        try:
+            if self.stopped:
+                return np.zeros((len(batch_indices), *self.image_size, 3), dtype=np.uint8)
+            try:
+                return self.produce(batch_indices, batch_seed)
+            except BaseException:
+                self.stopped = True
+                raise
+        finally:
+            with self._lock:
+                self.running -= 1
+
+    def settle(self, quiet: float = 0.1, timeout: float = 30.0) -> None:
+        """Stop, then sleep (which frees the GIL for the calls tf.data has in flight) until none runs and none has
+        started for `quiet` seconds: tf.data's read-ahead is bounded, so the calls it made end quickly."""
+        self.stopped = True
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            seen = self.started
+            time.sleep(quiet)
+            if self.started == seen and self.running == 0:
+                return
+
+
+def abandon_dataset(dataset: tf.data.Dataset) -> None:
+    """Stop a dataset made by `make_dataset` that will not be read again, typically after an error in one batch.
+
+    tf.data reads ahead: when the error surfaces, other batch calls are in flight or queued, and each needs the GIL
+    to run Python. Deleting the iterator waits for them while holding the GIL; at interpreter exit they can never
+    take it, so the process hung after printing its error (measured: a truncated JPEG, `check_images: false`).
+    Here they finish at once (no decoding) while we wait without the GIL, so the iterator is deleted cleanly."""
+    calls = getattr(dataset, "batch_calls", None)
+    if calls is not None:
+        calls.settle()

@@ -47,6 +47,14 @@ _STATE, _TICKET, _COUNT, _SEED, _INDICES = range(5)
 _FREE, _POSTED, _TAKEN, _DONE, _FAILED = range(5)
 
 
+def usable_cores() -> int:
+    """Cores this process may run on: its CPU affinity where the OS keeps one (Linux, containers with a CPU set),
+    else every core (macOS and Windows have no `os.sched_getaffinity`)."""
+    if hasattr(os, "sched_getaffinity"):
+        return len(os.sched_getaffinity(0))
+    return os.cpu_count() or 1
+
+
 class _Shared:
     """The pool's shared memory: batch buffers, task records, error messages and a stop flag, as NumPy views."""
 

@@ -56,3 +56,14 @@ def test_search_quality_benchmark_quick_run(tmp_path: Path):
     for side in ("search", "reference"):
         assert 0 <= report[side]["holdout"]["accuracy"] <= 1 and report[side]["holdout"]["num_images"] > 0
     assert report["search"]["trials"] >= 1 and report["reference"]["epochs"] >= 1
+
+
+@pytest.mark.slow
+def test_export_benchmark_quick_run(tmp_path: Path):
+    out = tmp_path / "export.json"
+    done = subprocess.run([sys.executable, "benchmarks/export.py", "--quick", "--output", str(out)], cwd=REPO, capture_output=True, text=True, timeout=900, check=False)
+    assert done.returncode == 0, done.stderr[-3000:]
+    rows = json.loads(out.read_text())["models"]["baseline_cnn@64"]
+    assert set(rows) == {"keras", "saved_model", "tflite", "onnx"}
+    assert all(r["size_mb"] > 0 and r["one_image_ms"] > 0 and r["max_abs_diff"] < 1e-4 for r in rows.values())
+    assert rows["keras"]["latency_vs_keras"] == 1.0

@@ -61,6 +61,18 @@ def test_csv_path_column(tmp_path: Path) -> None:
     assert images.paths == (str(tmp_path / "imgs" / "sub" / "a.png"),)
 
 
+def test_csv_path_column_without_an_id_column(tmp_path: Path) -> None:
+    """The paths are the ids then; a missing path column names data.path_column, a missing id column the option."""
+    make_image(tmp_path / "imgs" / "sub" / "a.png", (1, 1, 1), size=(8, 8))
+    pd.DataFrame({"file": ["sub/a.png"], "y": ["x"]}).to_csv(tmp_path / "l.csv", index=False)
+    images = from_csv(tmp_path / "l.csv", tmp_path / "imgs", label_column="y", path_column="file")
+    assert images.ids == ("sub/a.png",) and images.paths == (str(tmp_path / "imgs" / "sub" / "a.png"),)
+    with pytest.raises(DataError, match=r"no column 'path'.*Fix: set data.path_column to"):
+        from_csv(tmp_path / "l.csv", tmp_path / "imgs", label_column="y", path_column="path")
+    with pytest.raises(DataError, match=r"no column 'id'.*Fix: set data.id_column \(or data.path_column, for a column of image paths\)"):
+        from_csv(tmp_path / "l.csv", tmp_path / "imgs", label_column="y")
+
+
 def _onehot(tmp_path: Path, rows: list[list[int]]) -> Path:
     names = ["healthy", "multiple_diseases", "rust", "scab"]
     ids = [f"Train_{i}" for i in range(len(rows))]
@@ -78,9 +90,11 @@ def test_onehot_multiclass(tmp_path: Path) -> None:
     assert not images.multilabel and images.labels.tolist() == [0, 2, 3]
 
 
-def test_onehot_multilabel_detected(tmp_path: Path) -> None:
+def test_onehot_multilabel_detected(tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
     csv = _onehot(tmp_path, [[1, 0, 0, 0], [0, 0, 1, 1], [0, 0, 0, 0]])
-    images = from_csv(csv, tmp_path / "images", id_column="image_id", label_columns=["healthy", "multiple_diseases", "rust", "scab"])
+    with caplog.at_level("INFO", logger="pipelines.sources"):
+        images = from_csv(csv, tmp_path / "images", id_column="image_id", label_columns=["healthy", "multiple_diseases", "rust", "scab"])
+    assert "train.csv: 1 row(s) have several 1s (e.g. line 3): multi-label" in caplog.text  # the switch is said, with where
     assert images.multilabel and images.labels.dtype == np.float32
     assert images.labels.tolist() == [[1, 0, 0, 0], [0, 0, 1, 1], [0, 0, 0, 0]]
 
@@ -157,6 +171,18 @@ def test_sample_submission_with_missing_test_image(csv_dataset: Path) -> None:
     (csv_dataset / "test" / "t03.jpg").unlink()
     with pytest.raises(DataError, match=r"missing: .*t03.jpg"):
         from_sample_submission(csv_dataset / "sample_submission.csv", csv_dataset / "test")
+
+
+def test_test_images_absent_from_the_sample_submission_are_reported(csv_dataset: Path, caplog: pytest.LogCaptureFixture) -> None:
+    for name in ("extra1.jpg", "extra2.png"):
+        (csv_dataset / "test" / name).write_bytes((csv_dataset / "test" / "t00.jpg").read_bytes())
+    (csv_dataset / "test" / "notes.txt").write_text("not an image")
+    with caplog.at_level("WARNING", logger="pipelines.sources"):
+        sample = from_sample_submission(csv_dataset / "sample_submission.csv", csv_dataset / "test")
+    assert len(sample) == 6  # the submission still follows the sample's rows
+    (record,) = caplog.records
+    assert record.getMessage().startswith("2 image(s) in ") and "not in sample_submission.csv" in record.getMessage()
+    assert "extra1.jpg" in record.getMessage() and "extra2.png" in record.getMessage() and "notes.txt" not in record.getMessage()
 
 
 def test_subset_and_without_keep_labels_aligned(folder_dataset: Path) -> None:

@@ -10,8 +10,12 @@ import numpy as np
 import pandas as pd
 import pytest
 
+import app.inference.submission as submission_module
 from app.atomic import OutputExistsError
-from app.submission import make_submission, read_template, validate_submission, write_submission
+from app.config import load_config
+from app.inference.submission import make_submission, read_template, submit, validate_submission, write_submission
+from app.models import create_model
+from app.runs import Run
 from pipelines.errors import DataError
 
 CLASSES = ["cat", "dog", "fox"]
@@ -109,3 +113,19 @@ def test_an_existing_folder_as_output_is_one_clear_error_even_with_force(tmp_pat
     with pytest.raises(OutputExistsError, match="is a folder. Fix: give the path of a file"):
         write_text(tmp_path, "a\n", force=True)
     assert tmp_path.is_dir()
+
+
+def test_predict_refuses_an_existing_output_before_predicting(csv_dataset: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    config = load_config(overrides=[f"data.train={csv_dataset / 'train.csv'}", "data.image_size=16", "model.blocks=[[4]]"])
+    run = Run(tmp_path, config, create_model("baseline_cnn", input_shape=(16, 16, 3), num_classes=3, blocks=[[4]]), ["cat", "dog", "fox"], False)
+    output = tmp_path / "submission.csv"
+    output.write_text("mine\n")
+    monkeypatch.setattr(submission_module, "predict_probs", lambda *a, **k: pytest.fail("predicted before checking the output"))
+    with pytest.raises(OutputExistsError, match="already exists"):
+        submit(run, output, test=str(csv_dataset / "sample_submission.csv"))
+    assert output.read_text() == "mine\n"
+
+
+def test_template_ids_named_like_missing_values_are_names(tmp_path: Path) -> None:
+    (tmp_path / "sample.csv").write_text("id,cat,dog\nNA,0.5,0.5\nnull,0.5,0.5\n")
+    assert read_template(tmp_path / "sample.csv")["id"].tolist() == ["NA", "null"]

@@ -10,7 +10,7 @@ import tensorflow as tf
 
 from pipelines.augment import build_transform
 from pipelines.sources import from_folder, unlabeled_folder
-from pipelines.tfdata import decode_all, make_dataset
+from pipelines.tfdata import abandon_dataset, decode_all, make_dataset
 from tests.conftest import COLORS
 
 
@@ -94,3 +94,17 @@ def test_bad_arguments(folder_dataset: Path) -> None:
         make_dataset(images, (32, 32), 0)
     with pytest.raises(ValueError, match="cache holds 2 images"):
         make_dataset(images, (32, 32), 4, cache=np.zeros((2, 32, 32, 3), np.uint8))
+
+
+def test_after_an_error_the_batch_calls_stop_decoding_and_abandon_waits_for_them(folder_dataset: Path) -> None:
+    images = from_folder(folder_dataset)
+    broken = images.subset(range(len(images)))
+    Path(broken.paths[5]).write_bytes(b"")  # the second batch of 4 holds an empty file
+    dataset = make_dataset(broken, (16, 16), 4)
+    with pytest.raises(tf.errors.InvalidArgumentError, match="empty"):
+        _epoch(dataset)
+    calls = dataset.batch_calls
+    assert calls.stopped  # later calls return blank batches at once: nothing left decoding when the iterator goes
+    assert not calls(np.array([0, 1]), np.array(0)).any()
+    abandon_dataset(dataset)
+    assert calls.running == 0

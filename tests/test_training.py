@@ -100,3 +100,24 @@ def test_bad_image_skipped_and_reported(tiny_config: Config, folder_dataset: Pat
     result = train(config)
     assert len(result.metrics["skipped_images"]) == 1 and str(bad) in result.metrics["skipped_images"][0]
     assert result.metrics["train_images"] + result.metrics["val_images"] == 24
+
+
+@pytest.mark.parametrize("augment,message", [("fancy", "unknown augmentation 'fancy'"), ("BAD_YAML", "not a valid Albumentations pipeline")])
+def test_a_bad_augmentation_fails_before_the_run_folder_exists(tiny_config: Config, tmp_path: Path, augment: str, message: str) -> None:
+    if augment == "BAD_YAML":
+        augment = str(tmp_path / "aug.yaml")
+        Path(augment).write_text("transform: {__class_fullname__: NoSuchTransform}\n")
+    with pytest.raises(DataError, match=message):
+        train(replace(tiny_config, augment=replace(tiny_config.augment, train=augment)))
+    runs = Path(tiny_config.output.dir)
+    assert not runs.exists() or not any(runs.iterdir())  # no unfinished run folder left behind
+
+
+def test_a_class_whose_images_are_all_unreadable_is_one_clear_error(tiny_config: Config, folder_dataset: Path) -> None:
+    for image in (folder_dataset / "dog").iterdir():
+        image.write_bytes(b"")  # zero-byte files: every dog image
+    config = replace(tiny_config, data=replace(tiny_config.data, skip_bad_images=True))
+    with pytest.raises(DataError, match=r"class 'dog' has no readable training image left \(6 unreadable image\(s\) skipped.*Fix: replace"):
+        train(config)
+    runs = Path(tiny_config.output.dir)
+    assert not runs.exists() or not any(runs.iterdir())

@@ -158,6 +158,16 @@ def test_automatic_worker_count():
         DataConfig(workers=-2)  # refused when the config loads, before any work
 
 
+def test_automatic_worker_count_without_cpu_affinity(monkeypatch: pytest.MonkeyPatch) -> None:
+    """macOS and Windows have no os.sched_getaffinity: every core counts there."""
+    from app.config import DataConfig
+    from app.data import AUTO_WORKERS_MIN_IMAGES, training_workers
+
+    monkeypatch.delattr(os, "sched_getaffinity")
+    monkeypatch.setattr(os, "cpu_count", lambda: 6)
+    assert training_workers(DataConfig(), AUTO_WORKERS_MIN_IMAGES) == 6
+
+
 def test_a_transform_that_cannot_be_pickled_is_one_clear_error(folder_dataset: Path):
     import albumentations as A
 

@@ -27,7 +27,7 @@ from app.config import Config, ConfigError, ConvBlock, dump_config, load_config
 from app.data import PreparedData, prepare_data
 from app.models.geometry import baseline_geometry, shape_problem
 from tuning import results
-from tuning.hypermodels import HYPERBAND_KEYS, ConfigHyperModel, make_hypermodel
+from tuning.hypermodels import HYPERBAND_KEYS, make_hypermodel
 from tuning.oracles import make_oracle
 from tuning.space import SearchSpace, parse_space
 from tuning.tuner import RESULT_FILE, SearchTuner
@@ -245,8 +245,8 @@ class TrainedBest:
 def train_best(result: SearchResult) -> TrainedBest:
     """Train the best configuration as a normal run (`imgclf train -c best.yaml`), and write its submission.csv
     when data.test is set."""
+    from app.inference.submission import submit
     from app.runs import load_run
-    from app.submission import submit
     from app.training import train
 
     best = load_best_config(result)

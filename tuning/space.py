@@ -15,7 +15,7 @@ from typing import Any
 
 import keras_tuner as kt
 
-from app.config import POOLS, Config, ConfigError, ScheduleConfig, SpaceConfig
+from app.config import POOLS, Config, ConfigError, ScheduleConfig
 from app.models import is_backbone
 from app.models.backbones import BACKBONES, canonical_name
 from app.schedules import SCHEDULES

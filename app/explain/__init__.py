@@ -16,11 +16,11 @@ from pathlib import Path
 
 import numpy as np
 
-from app.data import load_labeled, load_train_val, prepare
+from app.data import evaluation_set, prepare
 from app.explain.activations import block_outputs, feature_maps, find_layer, gradcam, last_map_layer
 from app.explain.anatomy import ANATOMY_FILE, anatomy, anatomy_markdown, write_anatomy
 from app.explain.pictures import plot_channel_sums, plot_channels, plot_heatmaps
-from app.prediction import predict_probs
+from app.inference.prediction import predict_probs
 from app.reports import confident_mistakes
 from app.runs import Run
 from pipelines.batches import decode_all
@@ -106,7 +106,7 @@ def explain_gradcam(
         raise DataError(f"--class {class_name!r} is not one of this run's classes: {', '.join(run.class_names)}")
     layer = layer or last_map_layer(run.model)
     find_layer(run.model, layer)
-    images = load_labeled(data, images_dir, config.data, class_names=run.class_names) if data else load_train_val(config.data, config.seed)[1]
+    images = evaluation_set(config, run.class_names, data, images_dir)
     images, cache = prepare(images, config.data)
     return gradcam_grid(run, images, cache, data or "validation split", mistakes, class_name, count, layer, out_dir)
 

@@ -1,8 +1,8 @@
 """Pretrained Keras Applications backbones with a classification head, and what each one needs to know.
 
 Every entry records its `preprocess_input`, native input size and block structure (like fastai's model metadata),
-so that the pipeline can stay uint8, the backbone's own preprocessing runs inside the model, and fine-tuning can
-unfreeze "the top K blocks" whatever the family.
+so that the pipeline can stay uint8, the backbone's own preprocessing runs inside the model (written with built-in
+layers, so a saved model loads in plain Keras), and fine-tuning can unfreeze "the top K blocks" whatever the family.
 
     model = make_backbone_model("resnet50", input_shape=(224, 224, 3), num_classes=10, weights="imagenet")
     freeze_backbone(model)                      # stage 1: train the head
@@ -19,6 +19,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import keras
+import numpy as np
 from keras import layers, ops
 
 MIN_SIZE = 32  # Keras Applications without their top accept nothing smaller
@@ -37,6 +38,10 @@ class BackboneSpec:
 
 
 _APPS = keras.applications
+# What each family's preprocess_input does to float RGB 0-255 (keras.applications.imagenet_utils): "caffe" turns it
+# into BGR minus the ImageNet mean, "tf" scales it to [-1, 1], "none" passes it on (EfficientNets rescale inside).
+PREPROCESS_MODES = {"vgg": "caffe", "resnet": "caffe", "resnet_v2": "tf", "efficientnet": "none", "efficientnet_v2": "none"}
+CAFFE_MEAN_BGR = (103.939, 116.779, 123.68)
 _BLOCKS = {
     "vgg": r"^(block\d+)_",
     "resnet": r"^(conv\d+_block\d+)_",
@@ -92,11 +97,28 @@ def get_spec(name: str) -> BackboneSpec:
     return BACKBONES[key]
 
 
+def preprocess_layers(name: str) -> list[layers.Layer]:
+    """The backbone's `preprocess_input` for uint8 RGB images, as built-in Keras layers to apply in order.
+
+    Built-in layers rather than a custom one, so that a saved model loads in any Keras, with nothing of this toolkit
+    installed. `Rescaling` casts to float (and does the scaling or the mean); caffe's RGB -> BGR swap is a frozen
+    1x1 convolution whose kernel is the channel permutation (exact: each output is one input times 1)."""
+    mode = PREPROCESS_MODES[get_spec(name).family]
+    if mode == "tf":
+        return [layers.Rescaling(1 / 127.5, offset=-1.0, name="preprocess")]
+    if mode == "none":
+        return [layers.Rescaling(1.0, name="preprocess")]
+    mean_rgb = [-m for m in reversed(CAFFE_MEAN_BGR)]
+    to_bgr = layers.Conv2D(3, 1, use_bias=False, trainable=False, name="rgb_to_bgr")
+    to_bgr.build((None, None, None, 3))
+    to_bgr.kernel.assign(np.eye(3, dtype="float32")[::-1].reshape(1, 1, 3, 3))
+    return [layers.Rescaling(1.0, offset=mean_rgb, name="preprocess"), to_bgr]
+
+
 @keras.saving.register_keras_serializable(package="imgclf")
 class BackbonePreprocess(layers.Layer):
-    """uint8 RGB in, the named backbone's `preprocess_input` applied (caffe BGR mean, [-1, 1], or pass-through).
-
-    A registered layer rather than a Lambda, so the saved model reloads with `safe_mode=True`."""
+    """Legacy: models saved before `preprocess_layers` hold this layer. It stays registered so that their runs still
+    load here; `portable_model` (app/models/portable.py) replaces it by built-in layers for use elsewhere."""
 
     def __init__(self, backbone: str, **kwargs):
         super().__init__(**kwargs)
@@ -200,7 +222,7 @@ def make_backbone_model(
     weights: str | os.PathLike | None = "imagenet",
     dropout: float = 0.2,
 ) -> keras.Model:
-    """uint8 image -> backbone preprocessing -> backbone -> global average pool -> BN -> dropout -> dense.
+    """uint8 image -> backbone preprocessing (`preprocess_layers`) -> backbone -> global average pool -> BN -> dropout -> dense.
 
     The backbone is a nested model (its own name, e.g. "resnet50"); the head layers have stable names
     (`avg_pool`, `head_bn`, `head_dropout`, `predictions`). The output layer computes in float32 so the model
@@ -208,7 +230,9 @@ def make_backbone_model(
     spec = get_spec(name)
     backbone = make_backbone(spec.name, input_shape, weights)
     inputs = keras.Input(shape=input_shape, dtype="uint8", name="image")
-    x = BackbonePreprocess(spec.name, name="preprocess")(inputs)
+    x = inputs
+    for layer in preprocess_layers(spec.name):
+        x = layer(x)
     x = backbone(x)
     x = layers.GlobalAveragePooling2D(name="avg_pool")(x)
     x = layers.BatchNormalization(momentum=0.9, name="head_bn")(x)

@@ -10,7 +10,7 @@ from sklearn.metrics import accuracy_score, f1_score, log_loss, roc_auc_score, t
 
 from app.config import Config
 from app.data import prepare
-from app.prediction import predict_probs
+from app.inference.prediction import predict_probs
 from pipelines.sources import ImageSet
 
 

@@ -9,10 +9,10 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from app.atomic import atomic_write
+from app.atomic import atomic_write, check_output
 from app.data import load_test, prepare
-from app.evaluation import predicted_labels
-from app.prediction import predict_probs
+from app.inference.evaluation import predicted_labels
+from app.inference.prediction import predict_probs
 from app.runs import Run
 from pipelines.errors import DataError
 from pipelines.sources import align_to_ids
@@ -79,7 +79,7 @@ def read_template(path: str | os.PathLike) -> pd.DataFrame:
     if not path.is_file():
         raise DataError(f"{path}: sample submission not found. Fix: check the path.")
     frame = pd.read_csv(path)
-    frame[frame.columns[0]] = pd.read_csv(path, usecols=[0], dtype=str).iloc[:, 0]
+    frame[frame.columns[0]] = pd.read_csv(path, usecols=[0], dtype=str, keep_default_na=False, na_values=[""]).iloc[:, 0]  # an id "NA" is a name
     return frame
 
 
@@ -100,6 +100,7 @@ def submit(
     `probabilities`). Test images are checked first; a submission needs every row, so none is skipped.
     """
     config = run.config
+    check_output(output, force=force)  # before predicting, not after
     test = test or config.data.test
     test_set = load_test(config.data, test, images)
     template = read_template(test) if str(test).lower().endswith(".csv") else None
