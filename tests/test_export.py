@@ -22,7 +22,7 @@ from app.inference.export import FORMATS, check_export, export_run, load_exporte
 from app.models import create_model
 from app.models.backbones import BackbonePreprocess, find_backbone, get_spec
 from app.models.portable import portable_model
-from app.runs import load_run
+from app.runs import Run, load_run
 from app.training import train
 from tests.conftest import make_image
 
@@ -90,6 +90,21 @@ def test_every_backbone_family_loads_in_plain_keras(tmp_path: Path) -> None:
     got = plain_keras_predict(saved, tmp_path)
     for path in saved:
         np.testing.assert_allclose(got[path], expected[path], atol=1e-5, err_msg=path.name)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("name", ["resnet50", "efficientnetb0"])
+def test_backbone_exports_run_in_their_engines(name: str, tmp_path: Path) -> None:
+    """EfficientNet's Normalization constants once became extra ONNX inputs that onnxruntime refused; the caffe
+    families carry the channel-swap convolution. Every engine gives the model's probabilities."""
+    config = load_config(overrides=[f"model.name={name}", "data.image_size=32", "model.weights=null"])
+    model = create_model(name, input_shape=(32, 32, 3), num_classes=3, weights=None)
+    run = Run(tmp_path, config, model, ["a", "b", "c"], False)
+    x = _batch(4)
+    expected = model.predict(x, verbose=0)
+    for fmt in ("saved_model", "tflite", "onnx"):
+        got = load_exported(export_run(run, fmt))(x)
+        np.testing.assert_allclose(got, expected, atol=1e-5, err_msg=fmt)
 
 
 @pytest.mark.parametrize("name", ["vgg16", "resnet50v2"])

@@ -10,8 +10,8 @@ part, as in `imgclf predict`.
     check = check_export(exported, run, images)      # max |probability difference| against the run's model
 
 The SavedModel serves with TensorFlow's standard `serving_default` signature (input `image`, output `output_0`).
-LiteRT uses the converter inside TensorFlow; ONNX needs the optional extra `pip install 'imgclf[export]'` (tf2onnx,
-onnxruntime).
+LiteRT uses the converter inside TensorFlow; ONNX (input `image`, output `probabilities`) needs the optional extra
+`pip install 'imgclf[export]'` (tf2onnx, onnxruntime).
 """
 
 from __future__ import annotations
@@ -118,9 +118,10 @@ def export_run(run: Run, fmt: str = "keras", output: str | os.PathLike | None = 
             atomic_write(path, lambda tmp: model.save(tmp))
         elif fmt == "saved_model":
             _atomic_folder(path, lambda tmp: model.export(str(tmp), format="tf_saved_model", verbose=False, input_signature=signature))
+        elif fmt == "tflite":
+            atomic_write(path, lambda tmp: model.export(str(tmp), format="litert", verbose=False, input_signature=signature))
         else:
-            engine = "litert" if fmt == "tflite" else "onnx"
-            atomic_write(path, lambda tmp: model.export(str(tmp), format=engine, verbose=False, input_signature=signature))
+            atomic_write(path, lambda tmp: _export_onnx(model, tmp))
     write_json(metadata_path(path), export_metadata(run, fmt))
     return Exported(path, fmt, metadata_path(path))
 
@@ -138,6 +139,37 @@ def _atomic_folder(path: Path, write: Callable[[Path], None]) -> None:
         shutil.rmtree(tmp, ignore_errors=True)
 
 
+def _export_onnx(model: keras.Model, path: Path) -> None:
+    """tf2onnx on the model's graph with every variable and captured tensor frozen into a constant.
+
+    Keras' own `export(format="onnx")` hands tf2onnx the unfrozen function: the constants that EfficientNet's
+    `Normalization` layer captures then become extra inputs of the ONNX graph, which onnxruntime refuses to run
+    without ("Required inputs ... normalization/Sub/y:0 are missing"). Frozen, every family converts; the graph's
+    input and output are renamed `image` and `probabilities`."""
+    import tensorflow as tf
+    import tf2onnx
+    from tensorflow.python.framework.convert_to_constants import convert_variables_to_constants_v2
+
+    try:  # tf2onnx 1.17 still uses NumPy names that NumPy 2 removed; Keras patches them for its own ONNX export
+        from keras.src.export.onnx import patch_tf2onnx
+
+        patch_tf2onnx()
+    except ImportError:
+        pass
+    image = model.inputs[0]
+    spec = tf.TensorSpec((None, *image.shape[1:]), image.dtype, name="image")
+    frozen = convert_variables_to_constants_v2(tf.function(lambda x: model(x, training=False)).get_concrete_function(spec))
+    inputs, outputs = [t.name for t in frozen.inputs], [t.name for t in frozen.outputs]
+    proto, _ = tf2onnx.convert.from_graph_def(frozen.graph.as_graph_def(), input_names=inputs, output_names=outputs, opset=17)
+    renames = {inputs[0]: "image", outputs[0]: "probabilities"}
+    for value in [*proto.graph.input, *proto.graph.output]:
+        value.name = renames.get(value.name, value.name)
+    for node in proto.graph.node:
+        node.input[:] = [renames.get(n, n) for n in node.input]
+        node.output[:] = [renames.get(n, n) for n in node.output]
+    path.write_bytes(proto.SerializeToString())
+
+
 def _require_onnx() -> None:
     for module in ("tf2onnx", "onnxruntime"):
         try:
@@ -149,11 +181,18 @@ def _require_onnx() -> None:
 @contextlib.contextmanager
 def _quiet_export() -> Iterator[None]:
     """The converters' deprecation chatter (tf2onnx on NumPy, the TFLite interpreter's future) is not the user's."""
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore", FutureWarning)
-        warnings.simplefilter("ignore", DeprecationWarning)
-        warnings.filterwarnings("ignore", message=".*tf.lite.Interpreter is deprecated.*")
-        yield
+    import tensorflow as tf
+
+    tf_logger, level = tf.get_logger(), tf.get_logger().level
+    tf_logger.setLevel("ERROR")  # convert_variables_to_constants_v2 warns that it is a TF1 API
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", FutureWarning)
+            warnings.simplefilter("ignore", DeprecationWarning)
+            warnings.filterwarnings("ignore", message=".*tf.lite.Interpreter is deprecated.*")
+            yield
+    finally:
+        tf_logger.setLevel(level)
 
 
 def load_exported(exported: Exported) -> Callable[[np.ndarray], np.ndarray]:
