@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import contextlib
 import json
+import logging
 import os
 import shutil
 import tempfile
@@ -156,6 +157,7 @@ def _export_onnx(model: keras.Model, path: Path) -> None:
         patch_tf2onnx()
     except ImportError:
         pass
+    logging.getLogger("tf2onnx").setLevel(logging.WARNING)  # its INFO lines (versions, optimizer passes) are not the user's
     image = model.inputs[0]
     spec = tf.TensorSpec((None, *image.shape[1:]), image.dtype, name="image")
     frozen = convert_variables_to_constants_v2(tf.function(lambda x: model(x, training=False)).get_concrete_function(spec))
