@@ -5,6 +5,7 @@
     imgclf evaluate runs/<run> [--data labeled.csv]
     imgclf predict runs/<run> --test sample_submission.csv --output submission.csv
     imgclf models [--blocks resnet50]                # registered architectures, or one backbone's blocks
+    imgclf config -c config.yaml --set train.epochs=5  # the resolved config, every default included
     imgclf plot-lr -c config.yaml                    # the learning rate per step, before any training
     imgclf find-lr -c config.yaml                    # LR range test: loss vs learning rate, a suggested rate
     imgclf tune -c configs/search.yaml [--then-train] # architecture / hyperparameter search (tuning/)
@@ -81,6 +82,10 @@ def build_parser() -> argparse.ArgumentParser:
     models = sub.add_parser("models", help="list the registered architectures, or the blocks of one backbone")
     models.add_argument("--blocks", metavar="NAME", help="print this backbone's blocks (what finetune.unfreeze_blocks counts)")
 
+    show = sub.add_parser("config", help="print the resolved config: the file, the --set overrides and every default")
+    show.add_argument("-c", "--config", help="YAML config file (none: the defaults alone)")
+    overrides(show)
+
     plot_lr = sub.add_parser("plot-lr", help="draw a config's learning rate per step (both stages) before training")
     plot_lr.add_argument("-c", "--config", help="YAML config file")
     overrides(plot_lr)
@@ -148,6 +153,7 @@ def cmd_train(args: argparse.Namespace) -> int:
     result = train(load_config(args.config, args.overrides))
     print(f"run directory: {result.run_dir}")
     print("validation: " + ", ".join(f"{k}={v:.4f}" for k, v in result.metrics["val"].items() if isinstance(v, float)))
+    print(f"stopped: {result.metrics['stopped']}")
     if result.metrics["skipped_images"]:
         print(f"skipped {len(result.metrics['skipped_images'])} unreadable image(s): see metrics.json")
     return 0
@@ -194,6 +200,13 @@ def cmd_models(args: argparse.Namespace) -> int:
     for name in list_models():
         spec = BACKBONES.get(name)
         print(f"{name:18s} {spec.family if spec else 'baseline':16s} {spec.native_size if spec else '-'}")
+    return 0
+
+
+def cmd_config(args: argparse.Namespace) -> int:
+    from app.config import dump_config, load_config
+
+    print(dump_config(load_config(args.config, args.overrides)), end="")
     return 0
 
 
@@ -314,6 +327,7 @@ COMMANDS = {
     "evaluate": cmd_evaluate,
     "predict": cmd_predict,
     "models": cmd_models,
+    "config": cmd_config,
     "plot-lr": cmd_plot_lr,
     "find-lr": cmd_find_lr,
     "tune": cmd_tune,

@@ -173,6 +173,7 @@ class TrainConfig:
     resume: bool = True  # the same config started again continues an interrupted run (keras BackupAndRestore)
     monitor: str = "val_loss"
     early_stopping_patience: int = 5  # epochs without improvement; 0 disables early stopping
+    early_stopping_start: int | None = None  # epochs of a stage before it may stop early (null: half of the stage)
     deterministic: bool = True  # seeded and op-deterministic: same config + seed -> same metrics on CPU
     verbose: int = 2  # Keras fit verbosity: 0 silent, 1 progress bar, 2 one line per epoch
 
@@ -183,6 +184,7 @@ class TrainConfig:
         _require(self, "train.momentum", 0.0 <= self.momentum < 1.0, "a number in [0, 1)")
         _require(self, "train.label_smoothing", 0.0 <= self.label_smoothing < 1.0, "a number in [0, 1) (e.g. 0.1)")
         _require(self, "train.early_stopping_patience", self.early_stopping_patience >= 0, "a whole number of epochs >= 0 (0: no early stopping)")
+        _require(self, "train.early_stopping_start", self.early_stopping_start is None or self.early_stopping_start >= 0, "a whole number of epochs >= 0, or null")
         _require(self, "train.verbose", self.verbose in (0, 1, 2), "0, 1 or 2")
         _require(self, "train.monitor", self.monitor in MONITORS, f"one of {', '.join(MONITORS)}")
 
@@ -263,6 +265,7 @@ class OutputConfig:
     dir: str = "runs"
     name: str | None = None
     explain: bool = False  # at the end of a run: explain/ with anatomy.md, feature maps and Grad-CAM of validation images
+    tensorboard: bool = True  # tensorboard/: losses, metrics and learning rate per epoch, one augmented training batch
 
 
 @dataclass

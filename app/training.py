@@ -7,13 +7,15 @@ per stage).
 
 Run directory contents: config.yaml (resolved), model.keras (best epoch), history.csv, metrics.json (written last),
 class_names.json, curves.png, lr_schedule.png, per_class.csv, confusion_matrix.png, mistakes.png,
-augment_train.yaml / augment_eval.yaml (the exact Albumentations pipelines).
+augment_train.yaml / augment_eval.yaml (the exact Albumentations pipelines), tensorboard/ (output.tensorboard).
 """
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import logging
+import math
 import shutil
 import time
 from collections.abc import Sequence
@@ -22,13 +24,15 @@ from pathlib import Path
 from typing import Any
 
 import keras
+import numpy as np
 import pandas as pd
+import tensorflow as tf
 
 from app import runs
 from app.atomic import write_json, write_text
 from app.callbacks import BestModelCheckpoint, HistoryCSV
 from app.config import Config, dump_config
-from app.data import PreparedData, make_datasets, prepare_data
+from app.data import PreparedData, make_datasets, make_tf_dataset, prepare_data
 from app.devices import make_strategy, precision_policy
 from app.fitting import Stage, build_model, compile_model, fit_stages, plan_stages, seed_everything, set_trainable
 from app.inference.prediction import predict_probs
@@ -39,6 +43,7 @@ from pipelines.augment import build_transform, save_transform
 __all__ = ["Stage", "TrainResult", "build_model", "compile_model", "plan_stages", "seed_everything", "set_trainable", "train"]
 
 log = logging.getLogger(__name__)
+TENSORBOARD_DIR = "tensorboard"
 
 
 @dataclass
@@ -90,7 +95,7 @@ def train(config: Config, callbacks: Sequence[keras.callbacks.Callback] = (), da
                     data,
                     strategy=strategy,
                     callbacks=callbacks,
-                    stage_callbacks=lambda stage: _run_callbacks(run_dir, stage, checkpoint),
+                    stage_callbacks=lambda stage: _run_callbacks(run_dir, stage, checkpoint, config.output.tensorboard),
                     restore_best=lambda: checkpoint.restore(model),
                     finished=lambda stage: _finished_stage(run_dir, stage),
                 )
@@ -104,6 +109,7 @@ def train(config: Config, callbacks: Sequence[keras.callbacks.Callback] = (), da
                 "best_epoch": state["best_epoch"],
                 "epochs_run": len(history.get("loss", [])),
                 "stage_epochs": fit_history,
+                "stopped": _stop_reason(config, stages, fit_history, state["best_epoch"]),
                 "monitor": {config.train.monitor: state["best"]},
                 "train_images": len(data.train),
                 "val_images": len(data.val),
@@ -125,12 +131,44 @@ def train(config: Config, callbacks: Sequence[keras.callbacks.Callback] = (), da
     return TrainResult(run_dir=run_dir, model_path=model_path, metrics=metrics, history=history)
 
 
-def _run_callbacks(run_dir: Path, stage: Stage, checkpoint: BestModelCheckpoint) -> list[keras.callbacks.Callback]:
-    """What a run adds to each stage: a marker when the stage ends, BackupAndRestore, the best checkpoint, history.csv."""
+def _stop_reason(config: Config, stages: list[Stage], stage_epochs: dict[str, int], best_epoch: int) -> str:
+    """Why the run ended, in words (metrics.json `stopped`, printed by the CLI)."""
+    done = 0
+    for stage in stages:
+        ran = stage_epochs.get(stage.name, stage.epochs)
+        done += ran
+        if ran < stage.epochs:
+            return (
+                f"early stopping in stage {stage.name!r} after epoch {done} ({ran} of its {stage.epochs}): {config.train.monitor} had not "
+                f"improved for {config.train.early_stopping_patience} epochs; the best epoch, {best_epoch}, is kept"
+            )
+    return f"ran all {done} planned epochs; the best epoch by {config.train.monitor}, {best_epoch}, is kept"
+
+
+def _run_callbacks(run_dir: Path, stage: Stage, checkpoint: BestModelCheckpoint, tensorboard: bool) -> list[keras.callbacks.Callback]:
+    """What a run adds to each stage: a marker when the stage ends, BackupAndRestore, the best checkpoint, history.csv,
+    and the TensorBoard logs (losses, metrics and learning rate per epoch; `output.tensorboard`)."""
     backup = run_dir / runs.BACKUP_DIR
     history = HistoryCSV(run_dir / "history.csv", stage.name)
     done = keras.callbacks.LambdaCallback(on_train_end=lambda logs: write_json(backup / f"{stage.name}.done.json", {"last_epoch": history.last_epoch}))
-    return [done, keras.callbacks.BackupAndRestore(str(backup / stage.name), double_checkpoint=True), checkpoint, history]
+    board = [keras.callbacks.TensorBoard(str(run_dir / TENSORBOARD_DIR), write_graph=False, profile_batch=0)] if tensorboard else []
+    return [done, keras.callbacks.BackupAndRestore(str(backup / stage.name), double_checkpoint=True), checkpoint, history, *board]
+
+
+def _write_batch_grid(run_dir: Path, config: Config, data: PreparedData) -> None:
+    """TensorBoard's Images tab: one training batch as the augmentation makes it (up to 16 images in a 4x4 grid)."""
+    count = min(16, len(data.train))
+    cache = None if data.train_cache is None else data.train_cache[:count]
+    cfg = dataclasses.replace(config.data, batch_size=count)
+    batch = make_tf_dataset(data.train.subset(range(count)), cfg, config.augment.train, training=True, seed=config.seed, cache=cache)
+    images = next(iter(batch))[0].numpy()
+    side = math.ceil(math.sqrt(count))
+    grid = np.zeros((side * side, *images.shape[1:]), dtype=np.uint8)
+    grid[:count] = images
+    size = images.shape[1]
+    grid = grid.reshape(side, side, size, size, 3).transpose(0, 2, 1, 3, 4).reshape(1, side * size, side * size, 3)
+    with tf.summary.create_file_writer(str(run_dir / TENSORBOARD_DIR / "train")).as_default():
+        tf.summary.image("augmented training batch", grid, step=0)
 
 
 def _finished_stage(run_dir: Path, stage: Stage) -> int | None:
@@ -146,4 +184,6 @@ def _write_run_files(
     write_json(run_dir / runs.CLASSES_FILE, {"class_names": list(data.train.class_names), "multilabel": data.multilabel})
     save_transform(transforms["train"], run_dir / "augment_train.yaml")
     save_transform(transforms["eval"], run_dir / "augment_eval.yaml")
+    if config.output.tensorboard:
+        _write_batch_grid(run_dir, config, data)
     plot_lr_schedule([(s.name, s.lr, s.epochs) for s in stages], steps_per_epoch, run_dir / "lr_schedule.png")

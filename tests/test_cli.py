@@ -25,8 +25,19 @@ def _train(tiny_config: Config, tmp_path: Path, capsys: pytest.CaptureFixture[st
 
 def test_help_names_every_command() -> None:
     result = subprocess.run([sys.executable, "-m", "app", "--help"], capture_output=True, text=True, cwd=REPO, check=True)
-    for command in ("demo", "train", "evaluate", "predict", "--set"):
+    for command in ("demo", "train", "evaluate", "predict", "models", "plot-lr", "find-lr", "tune", "explain", "export", "config", "--set"):
         assert command in result.stdout
+
+
+def test_config_prints_every_default_and_the_overrides(capsys: pytest.CaptureFixture[str]) -> None:
+    import yaml
+
+    assert main(["config", "-c", str(REPO / "configs" / "example.yaml"), "--set", "train.epochs=7"]) == 0
+    printed = yaml.safe_load(capsys.readouterr().out)
+    assert printed["train"]["epochs"] == 7 and printed["data"]["image_size"] == 64
+    assert {"data", "augment", "model", "train", "finetune", "tune", "output", "seed"} <= set(printed)  # every section,
+    assert "early_stopping_patience" in printed["train"] and "mixed_precision" in printed["train"]  # defaults included
+    assert main(["config", "--set", "train.epochs=0"]) == 2  # validated as train would
 
 
 def test_train_evaluate_predict(tiny_config: Config, csv_dataset: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:

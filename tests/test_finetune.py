@@ -132,6 +132,30 @@ def test_interrupted_run_resumes_with_the_same_command(vgg_config: Config, inter
     assert json.loads((run_dir / "metrics.json").read_text())["epochs_run"] == 6
 
 
+class InterruptAfterEpoch(keras.callbacks.Callback):
+    """A kill right after epoch `epoch` was saved by BackupAndRestore, before the stage was marked done."""
+
+    def __init__(self, epoch: int):
+        super().__init__()
+        self.epoch = epoch
+
+    def on_epoch_end(self, epoch, logs=None):
+        if epoch == self.epoch:
+            raise KeyboardInterrupt
+
+
+def test_a_stage_interrupted_after_its_last_epoch_counts_its_epochs(vgg_config: Config):
+    """Resumed, stage 1 has nothing left to run: it still counts its 3 epochs, stage 2 numbers on from there."""
+    config = replace(vgg_config, train=replace(vgg_config.train, epochs=3, early_stopping_patience=0), finetune=replace(vgg_config.finetune, epochs=1))
+    with pytest.raises(KeyboardInterrupt):
+        train(config, callbacks=[InterruptAfterEpoch(2)])  # the last epoch of stage 1 (0-based)
+    result = train(config)
+    assert result.metrics["stage_epochs"] == {"train": 3, "finetune": 1}
+    history = pd.read_csv(result.run_dir / "history.csv")
+    assert list(history["epoch"]) == [1, 2, 3, 4] and list(history["stage"]) == ["train"] * 3 + ["finetune"]
+    assert result.metrics["stopped"].startswith("ran all 4 planned epochs")
+
+
 def test_resume_off_starts_fresh(tiny_config: Config):
     config = replace(tiny_config, train=replace(tiny_config.train, resume=False))
     with pytest.raises(KeyboardInterrupt):

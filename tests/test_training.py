@@ -29,8 +29,29 @@ def test_run_directory_contents(tiny_config: Config) -> None:
     metrics = json.loads((result.run_dir / "metrics.json").read_text())
     assert metrics["val_images"] == 6 and metrics["train_images"] == 18 and 0 <= metrics["val"]["accuracy"] <= 1
     assert (result.run_dir / "curves.png").read_bytes()[:4] == b"\x89PNG"
+    assert metrics["stopped"] == "ran all 2 planned epochs; the best epoch by val_loss, %d, is kept" % metrics["best_epoch"]
     model = keras.saving.load_model(result.model_path, safe_mode=True)
     assert model.input_shape == (None, 32, 32, 3)
+    tags = _tensorboard_tags(result.run_dir / "tensorboard")
+    assert {"epoch_loss", "epoch_accuracy", "epoch_learning_rate", "augmented training batch"} <= tags["train"]
+    assert {"epoch_loss", "epoch_accuracy"} <= tags["validation"]
+
+
+def _tensorboard_tags(folder: Path) -> dict[str, set[str]]:
+    """{run: summary tags} from the event files TensorBoard reads."""
+    import tensorflow as tf
+
+    tags: dict[str, set[str]] = {}
+    for events in folder.glob("*/events.out.tfevents.*"):
+        for record in tf.data.TFRecordDataset(str(events)):
+            event = tf.compat.v1.Event.FromString(record.numpy())
+            tags.setdefault(events.parent.name, set()).update(value.tag for value in event.summary.value)
+    return tags
+
+
+def test_tensorboard_logs_can_be_turned_off(tiny_config: Config) -> None:
+    result = train(replace(tiny_config, output=replace(tiny_config.output, tensorboard=False), train=replace(tiny_config.train, epochs=1)))
+    assert not (result.run_dir / "tensorboard").exists()
 
 
 def test_same_seed_same_metrics(tiny_config: Config, tmp_path: Path) -> None:
@@ -44,6 +65,27 @@ def test_learns_an_easy_task(tiny_config: Config) -> None:
     config = replace(tiny_config, train=replace(tiny_config.train, epochs=12, learning_rate=0.01, early_stopping_patience=0))
     result = train(config)
     assert result.metrics["val"]["accuracy"] == 1.0  # classes differ by colour: a working pipeline + model gets this right
+
+
+@pytest.mark.parametrize("start,initial_epoch,expected", [(None, 0, 10), (None, 20, 30), (3, 20, 23), (0, 0, 0)])
+def test_early_stopping_waits_half_the_stage_by_default(start: int | None, initial_epoch: int, expected: int) -> None:
+    from app.config import ScheduleConfig
+    from app.fitting import Stage, standard_callbacks
+
+    config = load_config(overrides=["train.early_stopping_patience=4"] + ([f"train.early_stopping_start={start}"] if start is not None else []))
+    stage = Stage("train", 20, 1e-3, ScheduleConfig(), 1e-3)
+    (stopper,) = standard_callbacks(config, stage, initial_epoch)
+    assert isinstance(stopper, keras.callbacks.EarlyStopping) and stopper.patience == 4
+    assert stopper.start_from_epoch == expected  # epochs numbered across stages: a second stage starts at 20
+
+
+def test_the_run_says_why_it_stopped(tiny_config: Config) -> None:
+    """A model that does not learn (a rate of 1e-12), watched from the first epoch with patience 1: the validation
+    accuracy of 6 images cannot rise five times in a row, so early stopping ends the run, and metrics.json says so."""
+    options = replace(tiny_config.train, epochs=6, learning_rate=1e-12, monitor="val_accuracy", early_stopping_patience=1, early_stopping_start=0)
+    result = train(replace(tiny_config, augment=replace(tiny_config.augment, train="none"), model=replace(tiny_config.model, dropout=0.0), train=options))
+    ran = result.metrics["epochs_run"]
+    assert ran < 6 and result.metrics["stopped"].startswith(f"early stopping in stage 'train' after epoch {ran} ({ran} of its 6): val_accuracy")
 
 
 def test_run_name_is_never_reused(tiny_config: Config) -> None:
