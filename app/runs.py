@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import os
 import time
+import zipfile
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -110,5 +111,17 @@ def load_run(path: str | os.PathLike) -> Run:
     except ConfigError as exc:
         raise DataError(f"{path / CONFIG_FILE}: {exc}") from None
     meta = json.loads((path / CLASSES_FILE).read_text())
-    model = keras.saving.load_model(path / MODEL_FILE, safe_mode=True)
+    model = load_model_file(path / MODEL_FILE)
     return Run(path, config, model, list(meta["class_names"]), bool(meta["multilabel"]))
+
+
+def load_model_file(path: Path) -> keras.Model:
+    """`keras.saving.load_model`, with one clear line for a damaged file (Keras says "File not found" for a
+    truncated one, although it is there)."""
+    if not zipfile.is_zipfile(path):
+        raise DataError(f"{path}: not a complete .keras file (a .keras model is a zip archive; this one is damaged or truncated). Fix: restore it, or train the run again.")
+    try:
+        return keras.saving.load_model(path, safe_mode=True)
+    except (ValueError, KeyError, OSError, zipfile.BadZipFile) as exc:
+        reason = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+        raise DataError(f"{path}: cannot be read as a Keras model ({reason}). Fix: restore the file, or train the run again.") from None

@@ -100,7 +100,7 @@ def train(config: Config, callbacks: Sequence[keras.callbacks.Callback] = (), da
                     finished=lambda stage: _finished_stage(run_dir, stage),
                 )
             history = _read_history(run_dir / "history.csv")
-            best = keras.saving.load_model(model_path, safe_mode=True)
+            best = runs.load_model_file(model_path)
             probs = predict_probs(best, data.val, config, cache=data.val_cache, verbose=0)
             report = write_report(run_dir, data.val, probs)
             state = json.loads((backup / "best.json").read_text())

@@ -20,6 +20,7 @@ import cv2
 
 from pipelines.errors import DataError, ImageReadError
 from pipelines.images import ImageCheck, read_image
+from pipelines.progress import progress
 
 Size = tuple[int, int]
 
@@ -47,7 +48,7 @@ def decode_all(paths: Sequence[str], size: Size, workers: int | None = None) -> 
         return None
 
     with ThreadPoolExecutor(max_workers=workers or min(8, (os.cpu_count() or 1) + 1)) as pool:
-        results = list(pool.map(fill, range(len(paths))))
+        results = list(progress(pool.map(fill, range(len(paths))), len(paths), "decoding images into the cache"))
     ok = np.array([r is None for r in results], dtype=bool)
     return out, ImageCheck(ok=ok, errors=tuple(r for r in results if r is not None))
 

@@ -11,6 +11,7 @@ import numpy as np
 from PIL import Image, ImageOps, UnidentifiedImageError
 
 from pipelines.errors import ImageReadError
+from pipelines.progress import progress
 
 IMAGE_EXTENSIONS: tuple[str, ...] = (".jpg", ".jpeg", ".png", ".bmp", ".gif", ".webp", ".tif", ".tiff")
 
@@ -97,6 +98,6 @@ def check_images(paths: Sequence[str], size_hint: int | None = None, workers: in
         return None
 
     with ThreadPoolExecutor(max_workers=workers or min(8, (os.cpu_count() or 1) + 1)) as pool:
-        results = list(pool.map(check, paths))
+        results = list(progress(pool.map(check, paths), len(paths), "checking images"))
     ok = np.array([r is None for r in results], dtype=bool)
     return ImageCheck(ok=ok, errors=tuple(r for r in results if r is not None))

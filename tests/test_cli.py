@@ -124,3 +124,14 @@ def test_an_unreadable_image_met_during_training_exits_instead_of_hanging(tmp_pa
         done = subprocess.run([sys.executable, "-m", "app", "train", "-c", str(tmp_path / "c.yaml")], capture_output=True, text=True, cwd=REPO, timeout=120)
         assert done.returncode == 2, done.stderr[-2000:]
         assert "a050x.jpg: cannot decode image" in done.stderr
+
+
+def test_a_damaged_model_file_is_one_clear_line(tiny_config: Config, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    run = tmp_path / "run"
+    run.mkdir()
+    (run / "config.yaml").write_text(dump_config(tiny_config))
+    (run / "class_names.json").write_text(json.dumps({"class_names": ["cat", "dog", "fox"], "multilabel": False}))
+    (run / "model.keras").write_bytes(b"PK\x03\x04 cut short")  # a truncated archive: Keras calls it "File not found"
+    assert main(["evaluate", str(run)]) == 2
+    err = capsys.readouterr().err
+    assert "model.keras: not a complete .keras file" in err and "File not found" not in err and err.count("\n") == 1

@@ -128,3 +128,14 @@ def test_check_images_reports_each_bad_file(tmp_path: Path) -> None:
     result = check_images([str(good), str(tmp_path / "empty.png"), str(tmp_path / "text.png")])
     assert result.ok.tolist() == [True, False, False]
     assert result.num_bad == 2 and "empty.png" in result.errors[0] and "text.png" in result.errors[1]
+
+
+def test_progress_is_one_log_line_off_a_terminal(caplog: pytest.LogCaptureFixture, capsys: pytest.CaptureFixture[str]) -> None:
+    from pipelines.progress import PROGRESS_MIN_ITEMS, progress
+
+    with caplog.at_level("INFO", logger="pipelines.progress"):
+        assert list(progress(iter(range(10)), 10, "small")) == list(range(10))  # below the threshold: silent
+        items = list(progress(iter(range(PROGRESS_MIN_ITEMS)), PROGRESS_MIN_ITEMS, "checking images"))
+    assert items == list(range(PROGRESS_MIN_ITEMS))
+    assert [r.getMessage().split(" in ")[0] for r in caplog.records] == [f"checking images: {PROGRESS_MIN_ITEMS} images"]
+    assert capsys.readouterr().err == ""  # pytest's captured stderr is not a terminal: no bar
