@@ -67,3 +67,22 @@ def test_export_benchmark_quick_run(tmp_path: Path):
     assert set(rows) == {"keras", "saved_model", "tflite", "onnx"}
     assert all(r["size_mb"] > 0 and r["one_image_ms"] > 0 and r["max_abs_diff"] < 1e-4 for r in rows.values())
     assert rows["keras"]["latency_vs_keras"] == 1.0
+
+
+@pytest.mark.slow
+def test_quality_benchmark_quick_run(tmp_path: Path):
+    from tests.conftest import require_shared
+
+    require_shared("hymenoptera")
+    out = tmp_path / "quality.json"
+    done = subprocess.run(
+        [sys.executable, "benchmarks/quality.py", "--quick", "--sets", "hymenoptera", "digits", "--output", str(out)],
+        cwd=REPO, capture_output=True, text=True, timeout=900, check=False,
+    )
+    assert done.returncode == 0, done.stderr[-3000:]
+    sets = json.loads(out.read_text())["sets"]
+    assert set(sets) == {"hymenoptera", "digits"}
+    for row in sets.values():
+        for side in ("toolkit", "plain_keras"):
+            assert 0 <= row[side]["accuracy"] <= 1 and row[side]["log_loss"] > 0 and row[side]["seconds"] > 0
+        assert row["plain_keras"]["seconds"] >= 0.9 * row["toolkit"]["seconds"]  # the plain model gets the same budget
