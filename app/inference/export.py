@@ -155,7 +155,7 @@ def _export_onnx(model: keras.Model, path: Path) -> None:
         from keras.src.export.onnx import patch_tf2onnx
 
         patch_tf2onnx()
-    except ImportError:
+    except ImportError:  # a Keras without the helper: the tf2onnx it supports needs no patch
         pass
     logging.getLogger("tf2onnx").setLevel(logging.WARNING)  # its INFO lines (versions, optimizer passes) are not the user's
     image = model.inputs[0]
