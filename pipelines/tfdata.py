@@ -90,8 +90,8 @@ def make_dataset(
 
 
 class _BatchCalls:
-    """The body of the pipeline's `tf.numpy_function`, counted, and stoppable: after the first error, or once
-    stopped, a call returns a blank batch at once instead of decoding (the stream is being abandoned)."""
+    """The body of the pipeline's `tf.numpy_function`, counted, and stoppable: once `settle` has stopped it (the
+    stream is being abandoned), a call returns a blank batch at once instead of decoding."""
 
     def __init__(self, produce: Callable[[np.ndarray, np.ndarray], np.ndarray], image_size: Size):
         self.produce = produce
@@ -106,13 +106,9 @@ class _BatchCalls:
             self.started += 1
             self.running += 1
         try:
-            if self.stopped:
+            if self.stopped:  # only once abandoned: a batch a consumer will read is never blank
                 return np.zeros((len(batch_indices), *self.image_size, 3), dtype=np.uint8)
-            try:
-                return self.produce(batch_indices, batch_seed)
-            except BaseException:
-                self.stopped = True
-                raise
+            return self.produce(batch_indices, batch_seed)
         finally:
             with self._lock:
                 self.running -= 1

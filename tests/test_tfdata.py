@@ -96,7 +96,7 @@ def test_bad_arguments(folder_dataset: Path) -> None:
         make_dataset(images, (32, 32), 4, cache=np.zeros((2, 32, 32, 3), np.uint8))
 
 
-def test_after_an_error_the_batch_calls_stop_decoding_and_abandon_waits_for_them(folder_dataset: Path) -> None:
+def test_abandoning_a_dataset_stops_its_batch_calls_and_waits_for_them(folder_dataset: Path) -> None:
     images = from_folder(folder_dataset)
     broken = images.subset(range(len(images)))
     Path(broken.paths[5]).write_bytes(b"")  # the second batch of 4 holds an empty file
@@ -104,7 +104,7 @@ def test_after_an_error_the_batch_calls_stop_decoding_and_abandon_waits_for_them
     with pytest.raises(tf.errors.InvalidArgumentError, match="empty"):
         _epoch(dataset)
     calls = dataset.batch_calls
-    assert calls.stopped  # later calls return blank batches at once: nothing left decoding when the iterator goes
-    assert not calls(np.array([0, 1]), np.array(0)).any()
+    assert not calls.stopped and calls(np.array([0, 1]), np.array(0)).any()  # an error alone never blanks a batch
     abandon_dataset(dataset)
-    assert calls.running == 0
+    assert calls.stopped and calls.running == 0
+    assert not calls(np.array([0, 1]), np.array(0)).any()  # abandoned: calls return at once, without decoding
