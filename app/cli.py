@@ -4,6 +4,8 @@
     imgclf train -c configs/example.yaml --set train.epochs=5
     imgclf evaluate runs/<run> [--data labeled.csv]
     imgclf predict runs/<run> --test sample_submission.csv --output submission.csv
+    imgclf cv -c config.yaml --folds 5                # k-fold CV: a run per fold, oof.csv, cv.json (app/crossval.py)
+    imgclf predict runs/<cv> [runs/<run> ...] --tta flip   # ensemble of folds / runs with test-time augmentation
     imgclf models [--blocks resnet50]                # registered architectures, or one backbone's blocks
     imgclf config -c config.yaml --set train.epochs=5  # the resolved config, every default included
     imgclf plot-lr -c config.yaml                    # the learning rate per step, before any training
@@ -33,6 +35,8 @@ EPILOG = """examples:
   imgclf train -c configs/example.yaml --set data.train=path/to/folder --set train.epochs=10
   imgclf evaluate runs/20260101-120000-baseline_cnn
   imgclf predict runs/20260101-120000-baseline_cnn --test data/sample_submission.csv
+  imgclf cv -c configs/example.yaml --set data.train=path/to/folder --folds 5
+  imgclf predict runs/20260101-120000-cv-baseline_cnn --tta flip --test data/sample_submission.csv
   imgclf train -c configs/finetune.yaml --set data.train=path/to/folder
   imgclf plot-lr -c configs/finetune.yaml --steps-per-epoch 100
   imgclf find-lr -c configs/finetune.yaml --set data.train=path/to/folder
@@ -64,20 +68,34 @@ def build_parser() -> argparse.ArgumentParser:
     train.add_argument("-c", "--config", help="YAML config file (see configs/example.yaml); defaults apply to anything unset")
     overrides(train)
 
-    evaluate = sub.add_parser("evaluate", help="score a trained run on its validation split or on another labeled set")
-    evaluate.add_argument("run", help="run directory printed by train")
-    evaluate.add_argument("--data", help="labeled folder or CSV to score (default: the run's own validation split)")
+    def tta(p: argparse.ArgumentParser) -> None:
+        p.add_argument("--tta", metavar="SPEC", help="test-time augmentation: none, flip, flip+crops or an albumentations .yaml (default: the run's augment.tta)")
+        p.add_argument("--tta-passes", type=int, metavar="N", help="predictions averaged per model, the plain image included (default: the preset's)")
+
+    evaluate = sub.add_parser("evaluate", help="score a trained run (or the average of several) on its validation split or another labeled set")
+    evaluate.add_argument("run", nargs="+", help="run directories printed by train, or cross-validation directories (all their folds)")
+    evaluate.add_argument("--data", help="labeled folder or CSV to score (default: the run's own validation split; required for several models)")
     evaluate.add_argument("--images", help="image folder for a --data CSV")
     evaluate.add_argument("--output", help="folder for metrics.json, per_class.csv, confusion_matrix.png, mistakes.png (default: <run>/evaluation-<data>)")
+    tta(evaluate)
     evaluate.add_argument("--force", action="store_true", help="overwrite an existing output file")
 
-    predict = sub.add_parser("predict", help="predict a test set and write a Kaggle-style submission CSV")
-    predict.add_argument("run", help="run directory printed by train")
+    predict = sub.add_parser("predict", help="predict a test set with a run or an ensemble (folds, runs) and write a Kaggle-style submission CSV")
+    predict.add_argument("run", nargs="+", help="run directories printed by train, or cross-validation directories (all their folds)")
     predict.add_argument("--test", help="folder of test images or a sample_submission.csv (default: the run's data.test)")
     predict.add_argument("--images", help="image folder for a sample_submission.csv (default: test/ beside it)")
     predict.add_argument("--output", help="submission file (default: <run>/submission.csv)")
     predict.add_argument("--probabilities", action="store_true", help="without a sample submission: one probability column per class instead of id,label")
+    tta(predict)
+    predict.add_argument("--weights", nargs="+", type=float, metavar="W", help="one weight per model (a CV directory counts one per fold; default: equal)")
     predict.add_argument("--force", action="store_true", help="overwrite an existing output file")
+
+    cv = sub.add_parser("cv", help="k-fold cross-validation: one run per fold, out-of-fold predictions and score (resumes an interrupted one)")
+    cv.add_argument("-c", "--config", help="YAML config file")
+    overrides(cv)
+    cv.add_argument("--folds", type=int, help="number of folds (default: data.folds, else 5)")
+    cv.add_argument("--metric", help="the score printed (default: accuracy; multi-label: mean_column_auc); cv.json has them all")
+    cv.add_argument("--restart", action="store_true", help="start a new cross-validation even if an interrupted one of this config exists")
 
     models = sub.add_parser("models", help="list the registered architectures, or the blocks of one backbone")
     models.add_argument("--blocks", metavar="NAME", help="print this backbone's blocks (what finetune.unfreeze_blocks counts)")
@@ -162,13 +180,16 @@ def cmd_train(args: argparse.Namespace) -> int:
 def cmd_evaluate(args: argparse.Namespace) -> int:
     from app.data import evaluation_set
     from app.reports import write_evaluation
-    from app.runs import load_run
+    from app.runs import load_runs
 
-    run = load_run(args.run)
-    images = evaluation_set(run.config, run.class_names, args.data, args.images)
+    members = load_runs(args.run)
+    if len(members) > 1 and not args.data:
+        raise ValueError(f"{len(members)} models, each with its own validation split. Fix: pass --data with a labeled set none of them trained on")
+    first = members[0]
+    images = evaluation_set(first.config, first.class_names, args.data, args.images)
     name = Path(args.data).stem if args.data else "val"
-    output = Path(args.output) if args.output else run.path / f"evaluation-{name}"
-    metrics = write_evaluation(output, run.model, images, run.config, source=args.data or "validation split", force=args.force)
+    output = Path(args.output) if args.output else first.path / f"evaluation-{name}"
+    metrics = write_evaluation(output, members, images, source=args.data or "validation split", tta=args.tta, passes=args.tta_passes, force=args.force)
     print(json.dumps(metrics, indent=2))
     print(f"written: {output}/ (metrics.json, per_class.csv, confusion_matrix.png, mistakes.png)")
     return 0
@@ -176,12 +197,40 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
 
 def cmd_predict(args: argparse.Namespace) -> int:
     from app.inference.submission import submit
-    from app.runs import load_run
+    from app.runs import CV_FILE, load_runs
 
-    run = load_run(args.run)
-    output = Path(args.output) if args.output else run.path / "submission.csv"
-    frame = submit(run, output, test=args.test, images=args.images, probabilities=args.probabilities, force=args.force)
-    print(f"submission: {output} ({len(frame)} rows)")
+    members = load_runs(args.run)
+    output = Path(args.output) if args.output else Path(args.run[0]) / "submission.csv"
+    frame = submit(members, output, test=args.test, images=args.images, probabilities=args.probabilities, tta=args.tta,
+                   passes=args.tta_passes, weights=args.weights, force=args.force)
+    models = f", the mean of {len(members)} models" if len(members) > 1 else ""
+    print(f"submission: {output} ({len(frame)} rows{models})")
+    cv_dirs = [Path(p) for p in args.run if (Path(p) / CV_FILE).is_file()]
+    if args.tta and cv_dirs:
+        from app.crossval import oof_scores
+
+        for cv_dir in cv_dirs:  # what TTA buys, on images no fold model trained on
+            plain, with_tta = oof_scores(cv_dir, tta="none"), oof_scores(cv_dir, tta=args.tta, passes=args.tta_passes)
+            metric = "mean_column_auc" if "mean_column_auc" in plain else "accuracy"
+            print(f"{cv_dir}: out-of-fold {metric} {plain[metric]:.4f} without TTA, {with_tta[metric]:.4f} with {args.tta}; "
+                  f"log_loss {plain['log_loss']:.4f} -> {with_tta['log_loss']:.4f}")
+    return 0
+
+
+def cmd_cv(args: argparse.Namespace) -> int:
+    from app.config import load_config
+    from app.crossval import cross_validate
+
+    if args.folds is not None and args.folds < 2:
+        raise ValueError(f"--folds {args.folds}: give at least 2 folds")
+    result = cross_validate(load_config(args.config, args.overrides), folds=args.folds, restart=args.restart, progress=lambda line: print(line, flush=True))
+    metric = result.metric(args.metric)
+    print(f"cross-validation directory: {result.cv_dir}")
+    for fold, scores in enumerate(result.per_fold, start=1):
+        print(f"  fold {fold}: {metric} {scores[metric]:.4f}")
+    print(f"{metric}: {result.mean[metric]:.4f} ± {result.std[metric]:.4f} over {result.folds} folds; out-of-fold {result.oof[metric]:.4f} "
+          f"on {result.oof['num_images']} images")
+    print(f"written: {result.cv_dir / 'oof.csv'}, {result.cv_dir / 'cv.json'}")
     return 0
 
 
@@ -326,6 +375,7 @@ COMMANDS = {
     "train": cmd_train,
     "evaluate": cmd_evaluate,
     "predict": cmd_predict,
+    "cv": cmd_cv,
     "models": cmd_models,
     "config": cmd_config,
     "plot-lr": cmd_plot_lr,

@@ -36,6 +36,8 @@ class DataConfig:
     val: str | None = None  # a given validation set (folder or CSV); else a split of train
     val_images: str | None = None
     val_fraction: float = 0.2
+    folds: int | None = None  # k-fold cross-validation (`imgclf cv`): K stratified, seeded folds ...
+    fold: int | None = None  # ... and this run's fold, 1..K, as its validation set (instead of val_fraction)
     test: str | None = None  # folder of unlabeled images, or a sample_submission.csv
     test_images: str | None = None  # image folder for a sample submission (default: "test/" beside it)
     id_column: str = "id"
@@ -57,6 +59,10 @@ class DataConfig:
         _require(self, "data.batch_size", self.batch_size >= 1, "a whole number >= 1 (e.g. 32)")
         _require(self, "data.val_fraction", 0.0 <= self.val_fraction < 1.0, "a fraction in [0, 1) (e.g. 0.2)")
         _require(self, "data.workers", self.workers is None or self.workers >= 0, "0 (threads), a number of processes, or null (automatic)")
+        _require(self, "data.folds", self.folds is None or self.folds >= 2, "a whole number of folds >= 2, or null")
+        _require(self, "data.fold", self.fold is None or (self.folds is not None and 1 <= self.fold <= self.folds), f"a fold in 1..data.folds ({self.folds}), with data.folds set")
+        if self.folds is not None and self.val:
+            raise ConfigError("config keys data.val and data.folds both choose the validation images. Fix: set one of them to null")
 
 
 @dataclass
@@ -65,6 +71,11 @@ class AugmentConfig:
 
     train: str = "light"
     eval: str = "none"
+    tta: str | None = None  # test-time augmentation when predicting: none | flip | flip+crops | path/to/albumentations.yaml
+    tta_passes: int | None = None  # predictions averaged, the plain image included (null: flip 2, flip+crops 4, a file 4)
+
+    def __post_init__(self) -> None:
+        _require(self, "augment.tta_passes", self.tta_passes is None or self.tta_passes >= 1, "a whole number >= 1 (1: no TTA), or null")
 
 
 @dataclass(frozen=True)

@@ -8,16 +8,18 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
+import albumentations as A
 import numpy as np
 import tensorflow as tf
 
 from app.config import Config, DataConfig
 from app.optimization import class_weights
 from pipelines.augment import build_transform
+from pipelines.batches import decode_hint
 from pipelines.errors import DataError
 from pipelines.images import check_images
 from pipelines.sources import ImageSet, from_csv, from_folder, from_sample_submission, unlabeled_folder
-from pipelines.split import train_val_split
+from pipelines.split import kfold_splits, train_val_split
 from pipelines.tfdata import abandon_dataset, decode_all, make_dataset
 from pipelines.workers import usable_cores
 
@@ -58,12 +60,18 @@ def load_unlabeled(path: str, images: str | None, cfg: DataConfig) -> ImageSet:
 
 
 def load_train_val(cfg: DataConfig, seed: int) -> tuple[ImageSet, ImageSet]:
-    """Training and validation sets: the given validation set, or a seeded stratified split of the training set."""
+    """Training and validation sets: the given validation set, fold `data.fold` of `data.folds` seeded stratified
+    folds, or a seeded stratified split of the training set."""
     if not cfg.train:
         raise DataError("no training data configured. Fix: set data.train to a folder of class sub-folders or a CSV (see README).")
     train = load_labeled(cfg.train, cfg.train_images, cfg)
     if cfg.val:
         return train, load_labeled(cfg.val, cfg.val_images, cfg, class_names=train.class_names)
+    if cfg.folds:
+        if cfg.fold is None:
+            raise DataError(f"data.folds={cfg.folds} but no data.fold: which fold is this run's validation set? Fix: set data.fold (1..{cfg.folds}), or run `imgclf cv` to train every fold")
+        train_idx, val_idx = kfold_splits(train.labels, cfg.folds, seed)[cfg.fold - 1]
+        return train.subset(train_idx), train.subset(val_idx)
     train_idx, val_idx = train_val_split(train.labels, cfg.val_fraction, seed)
     return train.subset(train_idx), train.subset(val_idx)
 
@@ -77,11 +85,13 @@ def evaluation_set(config: Config, class_names: Sequence[str], data: str | None 
 
 
 def load_test(cfg: DataConfig, path: str | None = None, images: str | None = None) -> ImageSet:
-    """The test set from `path` (default data.test)."""
+    """The test set from `path` (default data.test). Its images come from `images`; data.test_images belongs to
+    data.test alone: another CSV reads the `test/` folder beside it (or its own folder)."""
+    own = not path or path == cfg.test
     path = path or cfg.test
     if not path:
         raise DataError("no test set given. Fix: set data.test to a folder of images or a sample_submission.csv, or pass --test.")
-    return load_unlabeled(path, images or cfg.test_images, cfg)
+    return load_unlabeled(path, images or (cfg.test_images if own else None), cfg)
 
 
 def prepare(images: ImageSet, cfg: DataConfig) -> tuple[ImageSet, np.ndarray | None]:
@@ -93,7 +103,7 @@ def prepare(images: ImageSet, cfg: DataConfig) -> tuple[ImageSet, np.ndarray | N
     if cfg.cache:
         cache, result = decode_all(images.paths, size)
     elif cfg.check_images:
-        cache, result = None, check_images(images.paths, size_hint=2 * cfg.image_size)
+        cache, result = None, check_images(images.paths, size_hint=decode_hint(size))
     else:
         return images, None
     if result.num_bad == 0:
@@ -120,7 +130,7 @@ def training_workers(cfg: DataConfig, num_images: int) -> int:
 def make_tf_dataset(
     images: ImageSet,
     cfg: DataConfig,
-    augment: str,
+    augment: str | A.BaseCompose,
     *,
     training: bool,
     seed: int,
@@ -128,11 +138,12 @@ def make_tf_dataset(
     drop_remainder: bool = False,
     workers: int = 0,
 ) -> tf.data.Dataset:
-    """Batches for `model.fit` / `predict`: augmented and shuffled when `training`, else in order.
+    """Batches for `model.fit` / `predict`: augmented and shuffled when `training`, else in order. `augment` is a
+    preset or file name (pipelines.augment.build_transform) or an Albumentations pipeline.
 
     With `workers` > 0 the batches come from worker processes (same batches): close `dataset.worker_pool` when done."""
     size = (cfg.image_size, cfg.image_size)
-    transform = build_transform(augment, size)
+    transform = build_transform(augment, size) if isinstance(augment, str) else augment
     return make_dataset(
         images, size, cfg.batch_size, transform=transform, shuffle=training, seed=seed, cache=cache, drop_remainder=drop_remainder, workers=workers
     )

@@ -49,7 +49,7 @@ def run_demo(cache_dir: str | Path | None = None, overrides: list[str] | None = 
     result = train(config)
     run = load_run(result.run_dir)
     holdout_set = load_labeled(str(dataset_dir / "test_labels.csv"), str(dataset_dir / "test"), config.data, class_names=run.class_names)
-    holdout, _ = evaluate_images(run.model, holdout_set, config)
+    holdout, _ = evaluate_images(run, holdout_set)
     write_json(result.run_dir / "holdout_metrics.json", holdout)
 
     submission = result.run_dir / "submission.csv"

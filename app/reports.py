@@ -114,18 +114,18 @@ def write_report(out_dir: str | os.PathLike, images: ImageSet, probs: np.ndarray
     return classification_metrics(images.labels, probs, images.multilabel)
 
 
-def write_evaluation(out_dir: str | os.PathLike, model: Any, images: ImageSet, config: Any, source: str, force: bool = False) -> dict[str, Any]:
-    """Score `model` on a labeled set and write metrics.json plus the report files to `out_dir` (a new folder,
-    or an existing one only with `force`)."""
+def write_evaluation(
+    out_dir: str | os.PathLike, members: Any, images: ImageSet, source: str, *, tta: Any = None, passes: int | None = None, force: bool = False
+) -> dict[str, Any]:
+    """Score a run (or the average of several runs) on a labeled set and write metrics.json plus the report files to
+    `out_dir` (a new folder, or an existing one only with `force`). Predictions: app.inference.prediction."""
     from app.atomic import OutputExistsError, write_json
-    from app.data import prepare
-    from app.inference.prediction import predict_probs
+    from app.inference.prediction import predict_images
 
     out_dir = Path(out_dir)
     if out_dir.exists() and any(out_dir.iterdir()) and not force:
         raise OutputExistsError(f"{out_dir}: already holds an evaluation. Fix: pass --output to another folder, or --force to replace it.")
-    images, cache = prepare(images, config.data)  # checks the images; may leave bad ones out (data.skip_bad_images)
-    probs = predict_probs(model, images, config, cache=cache, verbose=0)
+    images, probs = predict_images(members, images, tta=tta, passes=passes)  # checks the images; may leave bad ones out (data.skip_bad_images)
     metrics = write_report(out_dir, images, probs)
-    write_json(out_dir / "metrics.json", {"data": source, **metrics})
+    write_json(out_dir / "metrics.json", {"data": source, **({"tta": str(tta)} if tta else {}), **metrics})
     return metrics

@@ -125,3 +125,29 @@ def load_model_file(path: Path) -> keras.Model:
     except (ValueError, KeyError, OSError, zipfile.BadZipFile) as exc:
         reason = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
         raise DataError(f"{path}: cannot be read as a Keras model ({reason}). Fix: restore the file, or train the run again.") from None
+
+
+CV_FILE = "cv.json"  # written last by a cross-validation (app.crossval): its folds are all trained
+FOLD_PREFIX = "fold_"
+
+
+def fold_dirs(path: Path) -> list[Path]:
+    """The fold run directories of a cross-validation directory, in fold order (finished or not)."""
+    folds = [p for p in path.glob(f"{FOLD_PREFIX}*") if p.is_dir() and p.name[len(FOLD_PREFIX):].isdigit()]
+    return sorted(folds, key=lambda p: int(p.name[len(FOLD_PREFIX):]))
+
+
+def load_runs(paths: list[str | os.PathLike]) -> list[Run]:
+    """Runs to predict with: each path a run directory, or a cross-validation directory (all its fold runs)."""
+    loaded: list[Run] = []
+    for raw in paths:
+        path = Path(raw)
+        folds = fold_dirs(path) if path.is_dir() and not (path / MODEL_FILE).exists() else []
+        if not folds:
+            loaded.append(load_run(path))
+            continue
+        if not (path / CV_FILE).is_file():
+            done = sum((f / FINISHED_FILE).is_file() for f in folds)
+            raise DataError(f"{path}: the cross-validation is not finished ({done} fold(s) trained, no {CV_FILE}). Fix: start the same `imgclf cv` command again to finish it.")
+        loaded += [load_run(f) for f in folds]
+    return loaded

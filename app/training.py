@@ -6,7 +6,7 @@ interrupted anywhere and started again with the same config continues where it s
 per stage).
 
 Run directory contents: config.yaml (resolved), model.keras (best epoch), history.csv, metrics.json (written last),
-class_names.json, curves.png, lr_schedule.png, per_class.csv, confusion_matrix.png, mistakes.png,
+class_names.json, curves.png, lr_schedule.png, val_predictions.csv, per_class.csv, confusion_matrix.png, mistakes.png,
 augment_train.yaml / augment_eval.yaml (the exact Albumentations pipelines), tensorboard/ (output.tensorboard).
 """
 
@@ -29,7 +29,7 @@ import pandas as pd
 import tensorflow as tf
 
 from app import runs
-from app.atomic import write_json, write_text
+from app.atomic import atomic_write, write_json, write_text
 from app.callbacks import BestModelCheckpoint, HistoryCSV
 from app.config import Config, dump_config
 from app.data import PreparedData, make_datasets, make_tf_dataset, prepare_data
@@ -44,6 +44,7 @@ __all__ = ["Stage", "TrainResult", "build_model", "compile_model", "plan_stages"
 
 log = logging.getLogger(__name__)
 TENSORBOARD_DIR = "tensorboard"
+VAL_PREDICTIONS_FILE = "val_predictions.csv"  # the best model's probabilities per validation image (id, one column per class)
 
 
 @dataclass
@@ -103,6 +104,7 @@ def train(config: Config, callbacks: Sequence[keras.callbacks.Callback] = (), da
             best = runs.load_model_file(model_path)
             probs = predict_probs(best, data.val, config, cache=data.val_cache, verbose=0)
             report = write_report(run_dir, data.val, probs)
+            _write_val_predictions(run_dir / VAL_PREDICTIONS_FILE, data.val, probs)
             state = json.loads((backup / "best.json").read_text())
             metrics: dict[str, Any] = {
                 "val": report,
@@ -129,6 +131,11 @@ def train(config: Config, callbacks: Sequence[keras.callbacks.Callback] = (), da
         finally:
             runs.release_run_dir(run_dir)
     return TrainResult(run_dir=run_dir, model_path=model_path, metrics=metrics, history=history)
+
+
+def _write_val_predictions(path: Path, images: Any, probs: np.ndarray) -> None:
+    frame = pd.concat([pd.DataFrame({"id": list(images.ids)}), pd.DataFrame(probs, columns=list(images.class_names))], axis=1)
+    atomic_write(path, lambda p: frame.to_csv(p, index=False, float_format="%.6f"))
 
 
 def _stop_reason(config: Config, stages: list[Stage], stage_epochs: dict[str, int], best_epoch: int) -> str:

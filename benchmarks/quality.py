@@ -99,7 +99,7 @@ def run_toolkit(train_dir: Path, holdout_dir: Path, size: int, out: Path, seed: 
     result = train(config)
     seconds = time.perf_counter() - started
     run = load_run(result.run_dir)
-    metrics, _ = evaluate_images(run.model, load_labeled(str(holdout_dir), None, config.data, class_names=run.class_names), config)
+    metrics, _ = evaluate_images(run, load_labeled(str(holdout_dir), None, config.data, class_names=run.class_names))
     return {
         "seconds": round(seconds, 1), "accuracy": metrics["accuracy"], "log_loss": metrics["log_loss"], "val_accuracy": result.metrics["val"]["accuracy"],
         "epochs_run": result.metrics["epochs_run"], "best_epoch": result.metrics["best_epoch"], "stopped": result.metrics.get("stopped"),

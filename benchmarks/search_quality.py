@@ -65,7 +65,7 @@ def split_holdout(source: Path, work: Path, fraction: float, seed: int, limit: i
 def holdout_scores(run_dir: Path, holdout: Path) -> dict[str, float]:
     run = load_run(run_dir)
     images = load_labeled(str(holdout), None, run.config.data, class_names=run.class_names)
-    metrics, _ = evaluate_images(run.model, images, run.config)
+    metrics, _ = evaluate_images(run, images)
     return {k: metrics[k] for k in ("accuracy", "log_loss", "macro_f1", "num_images")}
 
 

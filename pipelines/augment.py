@@ -12,6 +12,7 @@ import pipelines  # noqa: F401  (sets NO_ALBUMENTATIONS_UPDATE before the import
 
 import albumentations as A
 import cv2
+import numpy as np
 
 from pipelines.errors import DataError
 
@@ -83,3 +84,45 @@ def load_transform(path: str | os.PathLike) -> A.BaseCompose:
 def save_transform(transform: A.BaseCompose, path: str | os.PathLike) -> None:
     """Write the pipeline as YAML that `build_transform` reads back (the run directory keeps one)."""
     A.save(transform, str(path), data_format="yaml")
+
+
+# Test-time augmentation: transforms applied to the model-sized image (after the eval pipeline), each keeping
+# its size. Pass 0 of a TTA prediction is always the plain image; passes 1.. apply the TTA pipeline, seeded per pass.
+def _tta_flip(size: Size) -> list[A.BasicTransform]:
+    return [A.HorizontalFlip(p=1.0)]
+
+
+def _tta_flip_crops(size: Size) -> list[A.BasicTransform]:
+    return [A.HorizontalFlip(p=0.5), A.RandomResizedCrop(size=size, scale=(0.75, 1.0), ratio=(0.9, 1.1), interpolation=cv2.INTER_AREA)]
+
+
+TTA_PRESETS = {"none": (lambda size: [], 1), "flip": (_tta_flip, 2), "flip+crops": (_tta_flip_crops, 4)}  # pipeline, default passes
+TTA_FILE_PASSES = 4
+
+
+def build_tta(spec: str | A.BaseCompose, image_size: Size, passes: int | None = None) -> list[A.BaseCompose | None]:
+    """The transforms of a TTA prediction, one per pass: None (the plain image) first, then the TTA pipeline for
+    each further pass. `spec` is a TTA preset (`none`, `flip`, `flip+crops`), the path of a pipeline saved with
+    `A.save`, or an Albumentations pipeline. `passes` counts the plain pass (default: the preset's, 4 for a file).
+    A pipeline that changes the image size is refused: the batches must keep the model's input size."""
+    image_size = (int(image_size[0]), int(image_size[1]))
+    if isinstance(spec, A.BaseCompose):
+        transform, default = spec, TTA_FILE_PASSES
+    elif spec in TTA_PRESETS:
+        make, default = TTA_PRESETS[spec]
+        transform = A.Compose(make(image_size))
+    elif Path(spec).suffix.lower() in (".yaml", ".yml", ".json"):
+        transform, default = A.Compose([load_transform(spec)]), TTA_FILE_PASSES
+    else:
+        raise DataError(f"unknown test-time augmentation {spec!r}. Fix: use one of {', '.join(TTA_PRESETS)} or the path of a .yaml/.json file saved by albumentations.save.")
+    passes = default if passes is None else passes
+    if passes < 1:
+        raise DataError(f"TTA passes {passes}: expected a whole number >= 1 (1: the plain image only)")
+    probe = np.zeros((*image_size, 3), dtype=np.uint8)
+    shape = transform(image=probe)["image"].shape
+    if shape != probe.shape:
+        raise DataError(
+            f"test-time augmentation {spec if isinstance(spec, str) else 'pipeline'} turns a {image_size[0]}x{image_size[1]} image into "
+            f"{shape[0]}x{shape[1]}. Fix: keep the size (flips, or RandomResizedCrop / Resize to the model's input size)."
+        )
+    return [None] + [transform] * (passes - 1)

@@ -32,13 +32,20 @@ def resize(image: np.ndarray, size: Size) -> np.ndarray:
     return cv2.resize(image, (size[1], size[0]), interpolation=cv2.INTER_AREA)
 
 
+def decode_hint(size: Size) -> int:
+    """The smallest side a JPEG is decoded at before resizing to `size`: twice the model's input, so that the area
+    filter (or an augmentation's crop) starts from more pixels than it keeps. One rule for the cache and for files,
+    so that the same image gives the same pixels either way."""
+    return 2 * max(size)
+
+
 def decode_all(paths: Sequence[str], size: Size, workers: int | None = None) -> tuple[np.ndarray, ImageCheck]:
     """Decode and resize every image into one (N, H, W, 3) uint8 array (the in-memory cache).
 
     Unreadable files are reported in the returned ImageCheck (their rows stay black), not raised.
     """
     out = np.zeros((len(paths), size[0], size[1], 3), dtype=np.uint8)
-    hint = max(size)
+    hint = decode_hint(size)
 
     def fill(i: int) -> str | None:
         try:
@@ -88,7 +95,7 @@ class BatchLoader:
         """One decoded (or cached) image, before augmentation."""
         if self.cache is not None:
             return self.cache[index]
-        return read_image(self.paths[index], 2 * max(self.image_size))
+        return read_image(self.paths[index], decode_hint(self.image_size))
 
     def __call__(self, indices: np.ndarray, seed: np.ndarray | int, out: np.ndarray | None = None) -> np.ndarray:
         """The batch for these image indices and this seed; written into `out[:len(indices)]` when given."""

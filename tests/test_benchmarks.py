@@ -86,3 +86,19 @@ def test_quality_benchmark_quick_run(tmp_path: Path):
         for side in ("toolkit", "plain_keras"):
             assert 0 <= row[side]["accuracy"] <= 1 and row[side]["log_loss"] > 0 and row[side]["seconds"] > 0
         assert row["plain_keras"]["seconds"] >= 0.9 * row["toolkit"]["seconds"]  # the plain model gets the same budget
+
+
+@pytest.mark.slow
+def test_ensembles_benchmark_quick_run(tmp_path: Path):
+    from tests.conftest import require_shared
+
+    flowers = require_shared("flowers")
+    out = tmp_path / "ensembles.json"
+    done = subprocess.run(
+        [sys.executable, "benchmarks/ensembles.py", "--quick", "--data", str(flowers), "--output", str(out)], cwd=REPO, capture_output=True, text=True, timeout=900, check=False
+    )
+    assert done.returncode == 0, done.stderr[-3000:]
+    report = json.loads(out.read_text())
+    for row in ("single_model", "single_model_tta", "fold_ensemble", "fold_ensemble_tta", "out_of_fold"):
+        assert 0 <= report[row]["accuracy"] <= 1 and report[row]["log_loss"] > 0
+    assert report["folds"] == 2 and report["holdout_images"] > 0

@@ -12,12 +12,17 @@ import nbformat
 import pytest
 from nbclient import NotebookClient
 
+from tests.conftest import require_shared
+
+NEEDS_SHARED = {"04_kaggle.ipynb": ("dog-breed",)}  # real photos beside the repository: skipped where absent
 NOTEBOOKS = sorted((Path(__file__).resolve().parents[1] / "notebooks").glob("*.ipynb"))
 
 
 @pytest.mark.slow
 @pytest.mark.parametrize("notebook", NOTEBOOKS, ids=lambda p: p.name)
 def test_notebook_runs(notebook: Path) -> None:
+    if notebook.name in NEEDS_SHARED:
+        require_shared(*NEEDS_SHARED[notebook.name])
     nb = nbformat.read(notebook, as_version=4)
     nb.cells.append(nbformat.v4.new_code_cell("import os\nassert os.path.isfile(path), path\nprint('output ok:', path)"))
     NotebookClient(nb, timeout=1200, kernel_name="python3", resources={"metadata": {"path": str(notebook.parent)}}).execute()

@@ -120,7 +120,7 @@ def test_predict_refuses_an_existing_output_before_predicting(csv_dataset: Path,
     run = Run(tmp_path, config, create_model("baseline_cnn", input_shape=(16, 16, 3), num_classes=3, blocks=[[4]]), ["cat", "dog", "fox"], False)
     output = tmp_path / "submission.csv"
     output.write_text("mine\n")
-    monkeypatch.setattr(submission_module, "predict_probs", lambda *a, **k: pytest.fail("predicted before checking the output"))
+    monkeypatch.setattr(submission_module, "predict_images", lambda *a, **k: pytest.fail("predicted before checking the output"))
     with pytest.raises(OutputExistsError, match="already exists"):
         submit(run, output, test=str(csv_dataset / "sample_submission.csv"))
     assert output.read_text() == "mine\n"

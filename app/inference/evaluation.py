@@ -4,13 +4,11 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 
-import keras
 import numpy as np
 from sklearn.metrics import accuracy_score, f1_score, log_loss, roc_auc_score, top_k_accuracy_score
 
-from app.config import Config
-from app.data import prepare
-from app.inference.prediction import predict_probs
+from app.inference.prediction import TTASpec, predict_images
+from app.runs import Run
 from pipelines.sources import ImageSet
 
 
@@ -55,8 +53,10 @@ def predicted_labels(probs: np.ndarray, class_names: Sequence[str], multilabel: 
     return [class_names[c] for c in np.asarray(probs).argmax(axis=1)]
 
 
-def evaluate_images(model: keras.Model, images: ImageSet, config: Config) -> tuple[dict[str, float], np.ndarray]:
-    """Scores and probabilities of `model` on a labeled set (its images checked first, per the config)."""
-    images, cache = prepare(images, config.data)
-    probs = predict_probs(model, images, config, cache=cache, verbose=0)
-    return classification_metrics(images.labels, probs, images.multilabel), probs
+def evaluate_images(
+    members: Run | Sequence[Run], images: ImageSet, *, tta: TTASpec = None, passes: int | None = None, weights: Sequence[float] | None = None
+) -> tuple[dict[str, float], np.ndarray]:
+    """Scores and probabilities of a run (or the average of several) on a labeled set, through `predict_images`
+    (images checked first per the config; unreadable ones skipped only with data.skip_bad_images)."""
+    kept, probs = predict_images(members, images, tta=tta, passes=passes, weights=weights)
+    return classification_metrics(kept.labels, probs, kept.multilabel), probs

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import os
 from collections.abc import Sequence
 from pathlib import Path
@@ -10,9 +11,9 @@ import numpy as np
 import pandas as pd
 
 from app.atomic import atomic_write, check_output
-from app.data import load_test, prepare
+from app.data import load_test
 from app.inference.evaluation import predicted_labels
-from app.inference.prediction import predict_probs
+from app.inference.prediction import TTASpec, check_members, predict_images
 from app.runs import Run
 from pipelines.errors import DataError
 from pipelines.sources import align_to_ids
@@ -84,21 +85,28 @@ def read_template(path: str | os.PathLike) -> pd.DataFrame:
 
 
 def submit(
-    run: Run,
+    members: Run | Sequence[Run],
     output: str | os.PathLike,
     *,
     test: str | None = None,
     images: str | None = None,
     probabilities: bool = False,
+    tta: TTASpec = None,
+    passes: int | None = None,
+    weights: Sequence[float] | None = None,
     force: bool = False,
     verbose: int | str = "auto",
 ) -> pd.DataFrame:
-    """Predict a test set with a trained run and write its submission to `output`.
+    """Predict a test set with a trained run, or the weighted average of several (folds, whole runs), optionally
+    with test-time augmentation, and write its submission to `output`.
 
     `test` (default: the run's data.test) is a sample_submission.csv, whose ids, order and columns the file
     then follows exactly, or a folder of images (`id,label`, or one probability column per class with
     `probabilities`). Test images are checked first; a submission needs every row, so none is skipped.
     """
+    members = [members] if isinstance(members, Run) else list(members)
+    check_members(members)
+    run = members[0]
     config = run.config
     check_output(output, force=force)  # before predicting, not after
     test = test or config.data.test
@@ -106,10 +114,14 @@ def submit(
     template = read_template(test) if str(test).lower().endswith(".csv") else None
     if template is not None:
         test_set = align_to_ids(test_set, list(template.iloc[:, 0]), str(test))
-    test_set, cache = prepare(test_set, config.data)
-    if test_set.skipped and template is not None:
-        raise DataError(f"{len(test_set.skipped)} test image(s) are unreadable and a submission needs every row: {test_set.skipped[0]}")
-    probs = predict_probs(run.model, test_set, config, cache=cache, verbose=verbose)
+    if template is not None:
+        strict = [dataclasses.replace(m, config=dataclasses.replace(m.config, data=dataclasses.replace(m.config.data, skip_bad_images=False))) for m in members]
+        try:
+            test_set, probs = predict_images(strict, test_set, tta=tta, passes=passes, weights=weights, verbose=verbose)
+        except DataError as exc:
+            raise DataError(f"{exc} (a submission needs every row, so no test image is skipped)") from None
+    else:
+        test_set, probs = predict_images(members, test_set, tta=tta, passes=passes, weights=weights, verbose=verbose)
     frame = make_submission(test_set.ids, probs, run.class_names, template=template, multilabel=run.multilabel)
     if template is None and probabilities:
         frame = pd.concat([frame[["id"]], pd.DataFrame(probs, columns=list(run.class_names))], axis=1)

@@ -1,0 +1,146 @@
+"""k-fold cross-validation: folds from the config, one run per fold, out-of-fold scores, resume, ensembles of folds."""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+
+import app.crossval as crossval
+from app.cli import main
+from app.config import Config, ConfigError, load_config
+from app.crossval import cross_validate
+from app.data import load_train_val
+from app.inference.evaluation import classification_metrics
+from pipelines.errors import DataError
+
+
+def with_folds(config: Config, folds: int | None, fold: int | None) -> Config:
+    return dataclasses.replace(config, data=dataclasses.replace(config.data, folds=folds, fold=fold))
+
+
+def test_folds_cover_every_image_once_and_keep_class_ratios(tiny_config: Config) -> None:
+    everything = load_train_val(dataclasses.replace(tiny_config.data, val_fraction=0.5), tiny_config.seed)
+    all_ids = set(everything[0].ids) | set(everything[1].ids)
+    seen: list[str] = []
+    for fold in range(1, 5):
+        train, val = load_train_val(with_folds(tiny_config, 4, fold).data, tiny_config.seed)
+        assert not set(train.ids) & set(val.ids)
+        assert set(train.ids) | set(val.ids) == all_ids
+        assert np.bincount(val.labels, minlength=3).tolist() == [2, 2, 2]  # 8 images per class, 4 folds
+        seen += val.ids
+    assert sorted(seen) == sorted(all_ids)
+
+
+def test_fold_options_are_checked() -> None:
+    with pytest.raises(ConfigError, match="data.fold"):
+        load_config(overrides=["data.folds=3", "data.fold=4"])
+    with pytest.raises(ConfigError, match="data.fold"):
+        load_config(overrides=["data.fold=1"])
+    with pytest.raises(ConfigError, match="data.val and data.folds"):
+        load_config(overrides=["data.folds=3", "data.val=somewhere"])
+    with pytest.raises(ConfigError, match="data.folds"):
+        load_config(overrides=["data.folds=1"])
+
+
+def test_folds_without_a_fold_is_one_clear_error(tiny_config: Config) -> None:
+    with pytest.raises(DataError, match="set data.fold"):
+        load_train_val(with_folds(tiny_config, 3, None).data, tiny_config.seed)
+
+
+@pytest.fixture
+def cv_config(csv_dataset: Path, tmp_path: Path) -> Config:
+    return load_config(overrides=[
+        f"data.train={csv_dataset / 'train.csv'}", f"data.test={csv_dataset / 'sample_submission.csv'}", "data.image_size=16", "data.batch_size=8",
+        "model.blocks=[[4, 3, 1]]", "train.epochs=1", "train.verbose=0", "output.tensorboard=false", f"output.dir={tmp_path / 'runs'}",
+    ])
+
+
+def test_cross_validation_writes_folds_oof_and_scores(cv_config: Config) -> None:
+    result = cross_validate(cv_config, folds=3)
+    assert [p.name for p in sorted(result.cv_dir.glob("fold_*"))] == ["fold_1", "fold_2", "fold_3"]
+    assert load_config(result.cv_dir / "fold_2" / "config.yaml").data.fold == 2
+    oof = pd.read_csv(result.cv_dir / "oof.csv", dtype={"id": str})
+    assert len(oof) == 24 and oof["id"].is_unique and sorted(oof["fold"].unique()) == [1, 2, 3]
+    names = ["cat", "dog", "fox"]
+    labels = np.array([names.index(n) for n in oof["label"]])
+    expected = classification_metrics(labels, oof[names].to_numpy(), multilabel=False)
+    saved = json.loads((result.cv_dir / "cv.json").read_text())
+    for metric in ("accuracy", "log_loss", "macro_f1"):
+        assert saved["oof"][metric] == pytest.approx(expected[metric], abs=1e-9)
+        assert saved["mean"][metric] == pytest.approx(np.mean([f[metric] for f in saved["per_fold"]]))
+    # a fold's own validation file is its part of the OOF predictions
+    fold2 = pd.read_csv(result.cv_dir / "fold_2" / "val_predictions.csv", dtype={"id": str}).set_index("id")
+    part = oof[oof["fold"] == 2].set_index("id")
+    np.testing.assert_allclose(part[names].to_numpy(), fold2.loc[part.index, names].to_numpy())
+
+
+def test_a_killed_cross_validation_resumes_at_the_unfinished_fold(cv_config: Config, monkeypatch: pytest.MonkeyPatch) -> None:
+    real_train = crossval.train
+    trained: list[int] = []
+
+    def train_then_die(config: Config, *args, **kwargs):
+        if config.data.fold == 2:
+            raise KeyboardInterrupt  # killed during fold 2
+        trained.append(config.data.fold)
+        return real_train(config, *args, **kwargs)
+
+    monkeypatch.setattr(crossval, "train", train_then_die)
+    with pytest.raises(KeyboardInterrupt):
+        cross_validate(cv_config, folds=3)
+    assert trained == [1]
+
+    def count(config: Config, *args, **kwargs):
+        trained.append(config.data.fold)
+        return real_train(config, *args, **kwargs)
+
+    monkeypatch.setattr(crossval, "train", count)
+    result = cross_validate(cv_config, folds=3)
+    assert trained == [1, 2, 3] and result.resumed
+    assert len(list(result.cv_dir.parent.iterdir())) == 1  # the same CV directory, not a second one
+    fresh = cross_validate(cv_config, folds=3, restart=False)  # finished: a new cross-validation
+    assert fresh.cv_dir != result.cv_dir and not fresh.resumed
+
+
+def test_cli_cv_then_an_ensemble_submission_with_tta(cv_config: Config, csv_dataset: Path, tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
+    config_file = tmp_path / "cv.yaml"
+    from app.config import dump_config
+
+    config_file.write_text(dump_config(cv_config))
+    assert main(["cv", "-c", str(config_file), "--folds", "2", "--metric", "log_loss"]) == 0
+    out = capsys.readouterr().out
+    assert "out-of-fold" in out and "fold 2: log_loss" in out
+    cv_dir = Path(out.split("cross-validation directory: ")[1].splitlines()[0])
+    submission = tmp_path / "submission.csv"
+    assert main(["predict", str(cv_dir), "--tta", "flip", "--output", str(submission)]) == 0
+    out = capsys.readouterr().out
+    assert "the mean of 2 models" in out and "without TTA" in out and "with flip" in out
+    frame = pd.read_csv(submission, dtype={"id": str})
+    template = pd.read_csv(csv_dataset / "sample_submission.csv", dtype={"id": str})
+    assert list(frame.columns) == list(template.columns) and list(frame["id"]) == list(template["id"])
+    np.testing.assert_allclose(frame[["cat", "dog", "fox"]].sum(axis=1), 1.0, atol=1e-5)
+    # evaluate re-derives a fold's own validation split from its config
+    assert main(["evaluate", str(cv_dir / "fold_1")]) == 0
+    assert json.loads((cv_dir / "fold_1" / "evaluation-val" / "metrics.json").read_text())["num_images"] == 12
+    assert main(["evaluate", str(cv_dir)]) == 2  # several models need a --data set none trained on
+    assert "pass --data" in capsys.readouterr().err
+
+
+def test_an_unfinished_cross_validation_cannot_predict(cv_config: Config, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture) -> None:
+    real_train = crossval.train
+
+    def stop_at_fold_2(config: Config, *args, **kwargs):
+        if config.data.fold == 2:
+            raise KeyboardInterrupt
+        return real_train(config, *args, **kwargs)
+
+    monkeypatch.setattr(crossval, "train", stop_at_fold_2)
+    with pytest.raises(KeyboardInterrupt):
+        cross_validate(cv_config, folds=2)
+    cv_dir = next((tmp_path / "runs").iterdir())
+    assert main(["predict", str(cv_dir), "--output", str(tmp_path / "s.csv")]) == 2
+    assert "not finished (1 fold(s) trained" in capsys.readouterr().err
