@@ -8,6 +8,7 @@ import numpy as np
 from sklearn.model_selection import KFold, StratifiedKFold, train_test_split
 
 log = logging.getLogger(__name__)
+_WARNED: set[tuple[int, int, int]] = set()
 
 
 def stratify_key(labels: np.ndarray) -> np.ndarray:
@@ -48,6 +49,8 @@ def kfold_splits(labels: np.ndarray, n_splits: int, seed: int) -> list[tuple[np.
     if counts.min() >= n_splits:
         folds = StratifiedKFold(n_splits=n_splits, shuffle=True, random_state=seed).split(np.zeros(len(key)), key)
     else:
-        log.warning("some classes have fewer than %d images; k-fold is not stratified", n_splits)
+        if (n_splits, seed, len(key)) not in _WARNED:  # once: every fold of a cross-validation re-derives the folds
+            _WARNED.add((n_splits, seed, len(key)))
+            log.warning("some classes have fewer than %d images, so the %d folds cannot be stratified: plain seeded k-fold instead", n_splits, n_splits)
         folds = KFold(n_splits=n_splits, shuffle=True, random_state=seed).split(np.zeros(len(key)))
     return [(np.sort(t), np.sort(v)) for t, v in folds]

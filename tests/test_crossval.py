@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import shutil
 from pathlib import Path
 
 import numpy as np
@@ -144,3 +145,40 @@ def test_an_unfinished_cross_validation_cannot_predict(cv_config: Config, tmp_pa
     cv_dir = next((tmp_path / "runs").iterdir())
     assert main(["predict", str(cv_dir), "--output", str(tmp_path / "s.csv")]) == 2
     assert "not finished (1 fold(s) trained" in capsys.readouterr().err
+
+
+@pytest.mark.slow
+def test_multilabel_one_hot_csv_from_real_photos_through_cv_and_a_tta_submission(tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
+    """Plant Pathology 2020 style (image_id + one 0/1 column per label, some rows with two), made from real photos."""
+    from tests.conftest import require_shared
+
+    flowers = require_shared("flowers")
+    flags = {"daisy": (1, 0), "dandelion": (1, 1), "sunflower": (0, 1), "tulip": (0, 0)}  # (yellow, tall): dandelions are both
+    rows, test_ids = [], []
+    for name, (yellow, tall) in flags.items():
+        for k, photo in enumerate(sorted((flowers / name).iterdir())[:20]):
+            image_id = f"{name}_{k}"
+            folder = "test" if k >= 16 else "train"
+            (tmp_path / folder).mkdir(exist_ok=True)
+            shutil.copyfile(photo, tmp_path / folder / f"{image_id}.jpg")  # a copy: image paths may not lead outside the folder
+            (test_ids if folder == "test" else rows).append(image_id if folder == "test" else (image_id, yellow, tall))
+    pd.DataFrame(rows, columns=["image_id", "yellow", "tall"]).to_csv(tmp_path / "train.csv", index=False)
+    pd.DataFrame({"image_id": test_ids, "yellow": 0.5, "tall": 0.5}).to_csv(tmp_path / "sample_submission.csv", index=False)
+    config = tmp_path / "multi.yaml"
+    config.write_text(
+        f"data: {{train: {tmp_path / 'train.csv'}, test: {tmp_path / 'sample_submission.csv'}, id_column: image_id, label_columns: [yellow, tall], image_size: 32, batch_size: 16}}\n"
+        f"model: {{blocks: [[8, 3, 1], [16, 3, 1]]}}\ntrain: {{epochs: 2, verbose: 0}}\noutput: {{dir: {tmp_path / 'runs'}, tensorboard: false}}\n"
+    )
+    assert main(["cv", "-c", str(config), "--folds", "2"]) == 0
+    out = capsys.readouterr().out
+    assert "mean_column_auc" in out
+    cv_dir = Path(out.split("cross-validation directory: ")[1].splitlines()[0])
+    summary = json.loads((cv_dir / "cv.json").read_text())
+    assert 0 <= summary["oof"]["mean_column_auc"] <= 1 and summary["oof"]["num_images"] == 64
+    oof = pd.read_csv(cv_dir / "oof.csv")
+    assert (oof["label"].fillna("").str.split().str.len() == 2).sum() == 16  # the dandelions carry both labels
+    submission = tmp_path / "submission.csv"
+    assert main(["predict", str(cv_dir), "--tta", "flip", "--output", str(submission)]) == 0
+    frame = pd.read_csv(submission)
+    assert list(frame.columns) == ["image_id", "yellow", "tall"] and list(frame["image_id"]) == test_ids
+    assert ((frame[["yellow", "tall"]] >= 0) & (frame[["yellow", "tall"]] <= 1)).all().all()

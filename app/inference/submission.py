@@ -42,8 +42,8 @@ def make_submission(
     probs = probs[[position[i] for i in frame[id_column]]]
     if set(value_columns) == set(class_names) and len(value_columns) > 1:
         column_of = {name: k for k, name in enumerate(class_names)}
-        for column in value_columns:
-            frame[column] = probs[:, column_of[column]]
+        columns = pd.DataFrame(probs[:, [column_of[c] for c in value_columns]], columns=value_columns)
+        frame = pd.concat([frame, columns], axis=1)  # at once: 120 columns one by one fragment the frame
     elif len(value_columns) == 1:
         frame[value_columns[0]] = predicted_labels(probs, class_names, multilabel, threshold)
     else:
