@@ -12,14 +12,19 @@ import pytest
 REPO = Path(__file__).resolve().parents[1]
 
 
+def run_quick(script: str, out: Path, *args: str) -> dict:
+    """`benchmarks/<script> --quick ... --output out` in a fresh process; its report."""
+    done = subprocess.run(
+        [sys.executable, f"benchmarks/{script}", "--quick", *args, "--output", str(out)], cwd=REPO, capture_output=True, text=True, timeout=900, check=False
+    )
+    assert done.returncode == 0, done.stderr[-3000:]
+    return json.loads(out.read_text())
+
+
 @pytest.mark.slow
 def test_pipeline_benchmark_quick_run(tmp_path: Path):
     out = tmp_path / "pipeline.json"
-    done = subprocess.run(
-        [sys.executable, "benchmarks/pipeline.py", "--quick", "--sizes", "32", "--output", str(out)], cwd=REPO, capture_output=True, text=True, timeout=900, check=False
-    )
-    assert done.returncode == 0, done.stderr[-3000:]
-    report = json.loads(out.read_text())
+    report = run_quick("pipeline.py", out, "--sizes", "32")
     for mode in ("files", "cached"):
         row = report["sizes"]["32"][mode]
         assert {"A_single_core", "limit", "pydataset", "layers", "naive", "threads", "workers", "P1_workers_over_limit", "P3_workers_over_pydataset"} <= set(row)
@@ -32,9 +37,7 @@ def test_pipeline_benchmark_quick_run(tmp_path: Path):
 @pytest.mark.slow
 def test_tuning_benchmark_quick_run(tmp_path: Path):
     out = tmp_path / "tuning.json"
-    done = subprocess.run([sys.executable, "benchmarks/tuning.py", "--quick", "--output", str(out)], cwd=REPO, capture_output=True, text=True, timeout=900, check=False)
-    assert done.returncode == 0, done.stderr[-3000:]
-    report = json.loads(out.read_text())
+    report = run_quick("tuning.py", out)
     overhead, memory = report["overhead"], report["memory_and_invalid"]
     assert overhead["T1_search_over_plain"] > 0 and overhead["keras_tuner_over_plain"] > 0
     assert all(len(r["search_s"]) == len(r["plain_fit_s"]) > 0 for r in overhead["rounds"])
@@ -48,11 +51,7 @@ def test_search_quality_benchmark_quick_run(tmp_path: Path):
 
     flowers = require_shared("flowers")
     out = tmp_path / "quality.json"
-    done = subprocess.run(
-        [sys.executable, "benchmarks/search_quality.py", "--quick", "--data", str(flowers), "--output", str(out)], cwd=REPO, capture_output=True, text=True, timeout=900, check=False
-    )
-    assert done.returncode == 0, done.stderr[-3000:]
-    report = json.loads(out.read_text())
+    report = run_quick("search_quality.py", out, "--data", str(flowers))
     for side in ("search", "reference"):
         assert 0 <= report[side]["holdout"]["accuracy"] <= 1 and report[side]["holdout"]["num_images"] > 0
     assert report["search"]["trials"] >= 1 and report["reference"]["epochs"] >= 1
@@ -61,9 +60,7 @@ def test_search_quality_benchmark_quick_run(tmp_path: Path):
 @pytest.mark.slow
 def test_export_benchmark_quick_run(tmp_path: Path):
     out = tmp_path / "export.json"
-    done = subprocess.run([sys.executable, "benchmarks/export.py", "--quick", "--output", str(out)], cwd=REPO, capture_output=True, text=True, timeout=900, check=False)
-    assert done.returncode == 0, done.stderr[-3000:]
-    rows = json.loads(out.read_text())["models"]["baseline_cnn@64"]
+    rows = run_quick("export.py", out)["models"]["baseline_cnn@64"]
     assert set(rows) == {"keras", "saved_model", "tflite", "onnx"}
     assert all(r["size_mb"] > 0 and r["one_image_ms"] > 0 and r["max_abs_diff"] < 1e-4 for r in rows.values())
     assert rows["keras"]["latency_vs_keras"] == 1.0
@@ -75,12 +72,7 @@ def test_quality_benchmark_quick_run(tmp_path: Path):
 
     require_shared("hymenoptera")
     out = tmp_path / "quality.json"
-    done = subprocess.run(
-        [sys.executable, "benchmarks/quality.py", "--quick", "--sets", "hymenoptera", "digits", "--output", str(out)],
-        cwd=REPO, capture_output=True, text=True, timeout=900, check=False,
-    )
-    assert done.returncode == 0, done.stderr[-3000:]
-    sets = json.loads(out.read_text())["sets"]
+    sets = run_quick("quality.py", out, "--sets", "hymenoptera", "digits")["sets"]
     assert set(sets) == {"hymenoptera", "digits"}
     for row in sets.values():
         for side in ("toolkit", "plain_keras"):
@@ -94,11 +86,7 @@ def test_ensembles_benchmark_quick_run(tmp_path: Path):
 
     flowers = require_shared("flowers")
     out = tmp_path / "ensembles.json"
-    done = subprocess.run(
-        [sys.executable, "benchmarks/ensembles.py", "--quick", "--data", str(flowers), "--output", str(out)], cwd=REPO, capture_output=True, text=True, timeout=900, check=False
-    )
-    assert done.returncode == 0, done.stderr[-3000:]
-    report = json.loads(out.read_text())
+    report = run_quick("ensembles.py", out, "--data", str(flowers))
     for row in ("single_model", "single_model_tta", "fold_ensemble", "fold_ensemble_tta", "out_of_fold"):
         assert 0 <= report[row]["accuracy"] <= 1 and report[row]["log_loss"] > 0
     assert report["folds"] == 2 and report["holdout_images"] > 0
