@@ -221,8 +221,12 @@ def cmd_cv(args: argparse.Namespace) -> int:
     from app.config import load_config
     from app.crossval import cross_validate
 
+    from app.inference.evaluation import SCORE_NAMES
+
     if args.folds is not None and args.folds < 2:
         raise ValueError(f"--folds {args.folds}: give at least 2 folds")
+    if args.metric is not None and args.metric not in SCORE_NAMES:
+        raise ValueError(f"--metric {args.metric}: not a score; use one of {', '.join(SCORE_NAMES)}")
     result = cross_validate(load_config(args.config, args.overrides), folds=args.folds, restart=args.restart, progress=lambda line: print(line, flush=True))
     metric = result.metric(args.metric)
     print(f"cross-validation directory: {result.cv_dir}")

@@ -74,6 +74,7 @@ def cross_validate(config: Config, folds: int | None = None, restart: bool = Fal
     if config.data.val:
         raise ConfigError("data.val is set, but cross-validation makes its own validation folds. Fix: set data.val=null (the folds cover data.train)")
     cv_config = dataclasses.replace(config, data=dataclasses.replace(config.data, folds=k, fold=None))
+    load_train_val(dataclasses.replace(cv_config.data, fold=1), cv_config.seed)  # bad data: one line, before any directory exists
     started = time.perf_counter()
     cv_dir, resumed = _open_cv_dir(cv_config, resume=not restart)
     try:

@@ -131,6 +131,16 @@ def test_cli_cv_then_an_ensemble_submission_with_tta(cv_config: Config, csv_data
     assert "pass --data" in capsys.readouterr().err
 
 
+def test_bad_cv_input_is_one_line_before_any_directory(cv_config: Config, tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
+    assert main(["cv", "--metric", "auc"]) == 2
+    assert "--metric auc: not a score" in capsys.readouterr().err
+    assert main(["cv", "--set", f"output.dir={tmp_path / 'runs'}"]) == 2  # no data.train
+    assert "no training data configured" in capsys.readouterr().err
+    assert main(["cv", "--set", f"data.train={tmp_path}", "--set", "data.val=elsewhere"]) == 2
+    assert "cross-validation makes its own validation folds" in capsys.readouterr().err
+    assert not (tmp_path / "runs").exists()
+
+
 def test_an_unfinished_cross_validation_cannot_predict(cv_config: Config, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture) -> None:
     real_train = crossval.train
 

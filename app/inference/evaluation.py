@@ -12,6 +12,9 @@ from app.runs import Run
 from pipelines.sources import ImageSet
 
 
+SCORE_NAMES = ("accuracy", "top_3_accuracy", "top_5_accuracy", "macro_f1", "log_loss", "mean_column_auc", "exact_match_accuracy", "micro_f1")
+
+
 def classification_metrics(labels: np.ndarray, probs: np.ndarray, multilabel: bool = False, threshold: float = 0.5) -> dict[str, float]:
     """Single-label: accuracy, top-3 / top-5 accuracy (with more classes than k), macro F1, log-loss.
     Multi-label: mean column-wise ROC AUC (columns with one class present are left out), micro/macro F1
