@@ -220,7 +220,6 @@ def cmd_predict(args: argparse.Namespace) -> int:
 def cmd_cv(args: argparse.Namespace) -> int:
     from app.config import load_config
     from app.crossval import cross_validate
-
     from app.inference.evaluation import SCORE_NAMES
 
     if args.folds is not None and args.folds < 2:

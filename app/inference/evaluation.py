@@ -11,7 +11,6 @@ from app.inference.prediction import TTASpec, predict_images
 from app.runs import Run
 from pipelines.sources import ImageSet
 
-
 SCORE_NAMES = ("accuracy", "top_3_accuracy", "top_5_accuracy", "macro_f1", "log_loss", "mean_column_auc", "exact_match_accuracy", "micro_f1")
 
 
