@@ -103,7 +103,8 @@ def test_dropping_the_dataset_stops_its_workers(folder_dataset: Path):
 
 
 CHILD = """
-import os, sys, time
+import faulthandler, os, signal, sys, time
+faulthandler.register(signal.SIGUSR1, all_threads=True)  # the test asks for every thread's stack if we hang
 import numpy as np
 from pipelines.sources import from_folder
 from pipelines.tfdata import make_dataset
@@ -126,7 +127,13 @@ def test_no_orphans_after_an_exception_ctrl_c_or_kill(folder_dataset: Path, how:
             child.send_signal(signal.SIGINT)
         elif how == "sigkill":
             child.kill()
-        child.wait(timeout=60)
+        try:
+            child.wait(timeout=60)
+        except subprocess.TimeoutExpired:
+            child.send_signal(signal.SIGUSR1)  # faulthandler: every thread's Python stack to stderr
+            time.sleep(2)
+            child.kill()
+            pytest.fail(f"the child did not exit within 60 s after {how}; its threads:\n{child.communicate()[1][-6000:]}")
         assert _wait_gone(pids, 15) == []
     finally:
         child.kill()
