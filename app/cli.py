@@ -76,7 +76,7 @@ def build_parser() -> argparse.ArgumentParser:
     evaluate.add_argument("run", nargs="+", help="run directories printed by train, or cross-validation directories (all their folds)")
     evaluate.add_argument("--data", help="labeled folder or CSV to score (default: the run's own validation split; required for several models)")
     evaluate.add_argument("--images", help="image folder for a --data CSV")
-    evaluate.add_argument("--output", help="folder for metrics.json, per_class.csv, confusion_matrix.png, mistakes.png (default: <run>/evaluation-<data>)")
+    evaluate.add_argument("--output", help="folder for metrics.json, per_class.csv, confusion_matrix.png, mistakes.png (default: <first run or CV directory>/evaluation-<data>)")
     tta(evaluate)
     evaluate.add_argument("--force", action="store_true", help="overwrite an existing output file")
 
@@ -188,7 +188,7 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
     first = members[0]
     images = evaluation_set(first.config, first.class_names, args.data, args.images)
     name = Path(args.data).stem if args.data else "val"
-    output = Path(args.output) if args.output else first.path / f"evaluation-{name}"
+    output = Path(args.output) if args.output else Path(args.run[0]) / f"evaluation-{name}"  # a CV directory: beside its folds
     metrics = write_evaluation(output, members, images, source=args.data or "validation split", tta=args.tta, passes=args.tta_passes, force=args.force)
     print(json.dumps(metrics, indent=2))
     print(f"written: {output}/ (metrics.json, per_class.csv, confusion_matrix.png, mistakes.png)")

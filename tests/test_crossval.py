@@ -129,6 +129,9 @@ def test_cli_cv_then_an_ensemble_submission_with_tta(cv_config: Config, csv_data
     assert json.loads((cv_dir / "fold_1" / "evaluation-val" / "metrics.json").read_text())["num_images"] == 12
     assert main(["evaluate", str(cv_dir)]) == 2  # several models need a --data set none trained on
     assert "pass --data" in capsys.readouterr().err
+    assert main(["evaluate", str(cv_dir), "--data", str(csv_dataset / "train.csv"), "--tta", "flip"]) == 0  # the fold ensemble, with TTA
+    saved = json.loads((cv_dir / "evaluation-train" / "metrics.json").read_text())
+    assert saved["num_images"] == 24 and saved["tta"] == "flip"
 
 
 def test_bad_cv_input_is_one_line_before_any_directory(cv_config: Config, tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
