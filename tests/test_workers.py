@@ -119,7 +119,7 @@ time.sleep(60)
 
 SIGINT_EXIT_HANG = pytest.mark.xfail(
     strict=False,
-    reason="known, under diagnosis: in full fresh-clone runs of the fast suite (3 of 3 on 2026-11-27, never alone: 10 of 10 passed) the "
+    reason="known, under diagnosis: in full fresh-clone runs of the fast suite (4 of 4 on 2026-11-27; 10 of 10 passed run by itself or with its file) the "
     "child, after SIGINT, waited past 60 s in threading._shutdown -> concurrent.futures.process._python_exit (t.join); see issue 14",
 )
 
