@@ -50,7 +50,7 @@ class DataConfig:
     image_size: int = 64  # square model input, pixels
     batch_size: int = 32
     cache: bool = False  # decode and resize every image once, keep them in memory
-    workers: int | None = None  # processes decoding + augmenting training batches; None: one per core for 2,000+ images, else 0 (threads here)
+    workers: int | None = None  # processes decoding + augmenting training batches; None: the faster of threads (0) and one per core (pipelines.workers.auto_workers)
     check_images: bool = True  # decode every image before training to report bad files up front
     skip_bad_images: bool = False  # leave unreadable images out (and report them) instead of stopping
 

@@ -15,13 +15,14 @@ import tensorflow as tf
 from app.config import Config, DataConfig
 from app.optimization import class_weights
 from pipelines.augment import build_transform
-from pipelines.batches import decode_hint
+from pipelines.batches import decode_hint, keep_rows
 from pipelines.errors import DataError
 from pipelines.images import check_images
+from pipelines.memory import check_room, shared_array
 from pipelines.sources import ImageSet, from_csv, from_folder, from_sample_submission, unlabeled_folder
 from pipelines.split import kfold_splits, train_val_split
 from pipelines.tfdata import abandon_dataset, decode_all, make_dataset
-from pipelines.workers import usable_cores
+from pipelines.workers import auto_workers
 
 log = logging.getLogger(__name__)
 
@@ -94,14 +95,21 @@ def load_test(cfg: DataConfig, path: str | None = None, images: str | None = Non
     return load_unlabeled(path, images or (cfg.test_images if own else None), cfg)
 
 
-def prepare(images: ImageSet, cfg: DataConfig) -> tuple[ImageSet, np.ndarray | None]:
+def prepare(images: ImageSet, cfg: DataConfig, shared: bool = False) -> tuple[ImageSet, np.ndarray | None]:
     """Decode every image once up front: build the cache (`data.cache`) or just check the files (`data.check_images`).
 
-    An unreadable file stops with its name and the fix, or, with `data.skip_bad_images`, is left out and reported.
+    The cache is checked against the memory available first, and decoded straight into shared memory when worker
+    processes will read it (`shared`), so that it is held once. An unreadable file stops with its name and the fix,
+    or, with `data.skip_bad_images`, is left out and reported.
     """
     size = (cfg.image_size, cfg.image_size)
     if cfg.cache:
-        cache, result = decode_all(images.paths, size)
+        shape = (len(images), *size, 3)
+        check_room(
+            int(np.prod(shape)), f"data.cache ({len(images):,} images at {cfg.image_size} px, decoded)",
+            fix="data.cache: false (the files are decoded each epoch instead), or a smaller data.image_size.",
+        )  # fmt: skip
+        cache, result = decode_all(images.paths, size, out=shared_array(shape) if shared else None)
     elif cfg.check_images:
         cache, result = None, check_images(images.paths, size_hint=decode_hint(size))
     else:
@@ -114,17 +122,15 @@ def prepare(images: ImageSet, cfg: DataConfig) -> tuple[ImageSet, np.ndarray | N
     for message in result.errors:
         log.warning("skipped: %s", message)
     log.warning("skipped %d unreadable image(s) of %d", result.num_bad, len(images))
-    return images.without(result.ok, result.errors), None if cache is None else cache[result.ok]
+    return images.without(result.ok, result.errors), None if cache is None else keep_rows(cache, result.ok)
 
 
-AUTO_WORKERS_MIN_IMAGES = 2000  # below this, starting worker processes (about 2 s) costs more than it saves
-
-
-def training_workers(cfg: DataConfig, num_images: int) -> int:
-    """Worker processes for a training set: data.workers, or when unset one per usable core for large sets."""
+def training_workers(cfg: DataConfig, num_images: int) -> tuple[int, str]:
+    """Worker processes for a training set (0: TensorFlow's threads) and why: data.workers, or when unset the faster
+    way for this size, cache and machine (pipelines.workers.auto_workers)."""
     if cfg.workers is not None:  # >= 0: checked when the config loads
-        return cfg.workers
-    return usable_cores() if num_images >= AUTO_WORKERS_MIN_IMAGES else 0
+        return cfg.workers, f"{f'{cfg.workers} worker processes' if cfg.workers else 'threads'}: data.workers={cfg.workers}"
+    return auto_workers(num_images, cfg.image_size, cfg.cache)
 
 
 def make_tf_dataset(
@@ -198,7 +204,8 @@ def _require_every_class(images: ImageSet) -> None:
 def prepare_data(config: Config, with_val: bool = True) -> PreparedData:
     """Load and split the sets of `config`, decode (data.cache) or check every image once, compute class weights."""
     train_set, val_set = load_train_val(config.data, config.seed)
-    train_set, train_cache = prepare(train_set, config.data)
+    shared = config.data.cache and training_workers(config.data, len(train_set))[0] > 0  # the workers will read the cache
+    train_set, train_cache = prepare(train_set, config.data, shared=shared)
     _require_every_class(train_set)
     val_cache = None
     if with_val:
@@ -249,7 +256,8 @@ def make_datasets(config: Config, data: PreparedData, strategy: tf.distribute.St
     val_ds = made_val = None
     if val_set is not None:
         val_ds = made_val = make_tf_dataset(val_set, config.data, config.augment.eval, training=False, seed=config.seed, cache=data.val_cache, drop_remainder=whole)
-    workers = training_workers(config.data, len(data.train))
+    workers, why = training_workers(config.data, len(data.train))
+    log.info("training batches from %s", why)
     made = make_tf_dataset(
         data.train, config.data, config.augment.train, training=True, seed=config.seed, cache=data.train_cache, drop_remainder=whole, workers=workers
     )

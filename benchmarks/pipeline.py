@@ -12,12 +12,16 @@ Measured in one run, on the same image files and the same Albumentations transfo
   pydataset  keras.utils.PyDataset + Albumentations, as in courses (threads, `workers` = cores)
   layers     Keras preprocessing layers in tf.data (flip, rotation, zoom, contrast) after tf.io decoding
   naive      tf.data with one tf.numpy_function per image (parallel map), then batch
-  threads    this project's make_dataset, one call per batch in TensorFlow's threads (data.workers=0)
+  threads    this project's make_dataset in TensorFlow's threads (data.workers=0)
   workers    this project's make_dataset with worker processes writing into shared memory (data.workers=cores)
+  auto       which of the two data.workers unset picks for this case (pipelines.workers.auto_workers), and its
+             rate over the faster of the two in each round
 
 plus: small-CNN fit throughput from in-memory arrays (F) and fed by `workers` with augmentation (32 px); scaling of
 `workers` (cached): a process pinned to one core with 1 worker vs one with every core, each pinned before TensorFlow
-starts its threads (like `taskset`); peak RSS for N and 10 N images (files, no cache).
+starts its threads (like `taskset`); peak memory for N and 10 N images from files (P4), and for 10 N images from the
+decoded cache against the cache's bytes plus the files-mode peak (P4 cached).
+`--batches-per-call 1` measures the pipeline as it was before several batches travelled in one call.
 Every figure is the median of --repeats passes after a warm-up pass; tf.data autotuning is off and parallelism set
 to the core count (autotune here sometimes locks onto a 20 ms-per-batch rhythm). The machines this was written on
 (cloud VMs) change speed by up to 1.8x from one second to the next, so the passes run in rounds (one pass of each
@@ -118,6 +122,12 @@ def rounds(passes: dict[str, tuple[Callable[[], int], bool]], repeats: int) -> d
     return out
 
 
+def _shown(key: str, value: Any) -> str:
+    if isinstance(value, str):
+        return f"{key}={value}"
+    return f"{key}={value:,.0f}" if value > 10 else f"{key}={value:.2f}"
+
+
 def median_ratio(numerators: list[float], denominators: list[float]) -> float:
     return statistics.median(n / d for n, d in zip(numerators, denominators, strict=True))
 
@@ -160,7 +170,7 @@ def no_autotune(dataset):
     return dataset.with_options(options)
 
 
-def measure_modes(size: int, paths: list[str], batch: int, repeats: int, workers: int) -> dict:
+def measure_modes(size: int, paths: list[str], batch: int, repeats: int, workers: int, per_call: int | None) -> dict:
     import albumentations as A
     import keras
     import tensorflow as tf
@@ -168,6 +178,7 @@ def measure_modes(size: int, paths: list[str], batch: int, repeats: int, workers
     from pipelines.augment import build_transform
     from pipelines.images import read_image
     from pipelines.tfdata import decode_all, make_dataset
+    from pipelines.workers import auto_workers
 
     shape = (size, size)
     transform = build_transform("medium", shape)
@@ -224,7 +235,7 @@ def measure_modes(size: int, paths: list[str], batch: int, repeats: int, workers
 
     def project(mode: str, n_workers: int) -> tuple[Callable[[], int], Any]:
         base = make_dataset(images, shape, batch, transform=transform, shuffle=True, seed=0, cache=cache if mode == "cached" else None,
-                            workers=n_workers, num_parallel_calls=max(CORES, 2 * n_workers))
+                            workers=n_workers, num_parallel_calls=max(CORES, 2 * n_workers), batches_per_call=per_call)
         ds = no_autotune(base)
         return (lambda: count_batches(ds)), base
 
@@ -242,8 +253,12 @@ def measure_modes(size: int, paths: list[str], batch: int, repeats: int, workers
         row = {"A_single_core": row["A_single_core"], "limit": CORES * row["A_single_core"], **{k: v for k, v in row.items() if k != "A_single_core"}}
         row["P1_workers_over_limit"] = median_ratio(measured["workers"], [CORES * a for a in measured["A_single_core"]])
         row["P3_workers_over_pydataset"] = median_ratio(measured["workers"], measured["pydataset"])
-        print(f"  {size}px {mode:6s} " + "  ".join(f"{k}={v:,.0f}" if v > 10 else f"{k}={v:.2f}" for k, v in row.items()), flush=True)
-        results[mode] = {**row, "rounds": measured}  # every pass, for a second look at the spread
+        chosen, why = auto_workers(len(paths), size, mode == "cached", cores=workers)
+        auto = "workers" if chosen else "threads"
+        row["auto"] = auto
+        row["auto_over_best"] = median_ratio(measured[auto], [max(t, w) for t, w in zip(measured["threads"], measured["workers"], strict=True)])
+        print(f"  {size}px {mode:6s} " + "  ".join(_shown(k, v) for k, v in row.items()), flush=True)
+        results[mode] = {**row, "auto_reason": why, "rounds": measured}  # every pass, for a second look at the spread
     return results
 
 
@@ -268,7 +283,7 @@ def scaling_rate(spec: dict) -> float:
     images = two_class_set(paths)
     cache, _ = decode_all(paths, shape)
     base = make_dataset(images, shape, spec["batch"], transform=build_transform("medium", shape), shuffle=True, seed=0, cache=cache,
-                        workers=n_workers, num_parallel_calls=2 * n_workers)
+                        workers=n_workers, num_parallel_calls=2 * n_workers, batches_per_call=spec["per_call"])
     ds = no_autotune(base)
     try:
         return rate(lambda: count_batches(ds), spec["repeats"])
@@ -276,13 +291,14 @@ def scaling_rate(spec: dict) -> float:
         base.worker_pool.close()
 
 
-def measure_scaling(size: int, paths: list[str], batch: int, repeats: int) -> dict:
+def measure_scaling(size: int, paths: list[str], batch: int, repeats: int, per_call: int | None) -> dict:
     """P1b: the cached `workers` pipeline in a process pinned to one core (1 worker) vs one on all cores (one worker
     per core), alternated `repeats` times; the speedup is the median of the per-round ratios."""
     cpus = sorted(os.sched_getaffinity(0))
 
     def child(on: list[int], n_workers: int) -> float:
-        spec = {"cpus": on, "workers": n_workers, "paths": paths, "size": size, "batch": batch, "repeats": 2, "benchmarks": str(Path(__file__).resolve().parent)}
+        spec = {"cpus": on, "workers": n_workers, "paths": paths, "size": size, "batch": batch, "repeats": 2, "per_call": per_call,
+                "benchmarks": str(Path(__file__).resolve().parent)}
         with tempfile.NamedTemporaryFile("w", suffix=".json") as arg:  # the path list can exceed a command line
             json.dump(spec, arg)
             arg.flush()
@@ -297,7 +313,7 @@ def measure_scaling(size: int, paths: list[str], batch: int, repeats: int) -> di
     return {"one_core": one, "all_cores": every, "speedup": speedup, "P1b_speedup_over_cores": speedup / len(cpus), "rounds": rounds}
 
 
-def measure_fit(paths: list[str], batch: int, repeats: int, workers: int) -> dict:
+def measure_fit(paths: list[str], batch: int, repeats: int, workers: int, per_call: int | None) -> dict:
     """P2: small CNN at 32 px, fit rate from in-memory arrays (F) vs fed by the `workers` pipeline with augmentation."""
     import keras
 
@@ -324,7 +340,8 @@ def measure_fit(paths: list[str], batch: int, repeats: int, workers: int) -> dic
         model.fit(arrays, epochs=1, verbose=0, shuffle=False)
         return len(paths)
 
-    base = make_dataset(images, shape, batch, transform=transform, shuffle=True, seed=0, cache=cache, workers=workers, num_parallel_calls=2 * workers)
+    base = make_dataset(images, shape, batch, transform=transform, shuffle=True, seed=0, cache=cache, workers=workers, num_parallel_calls=2 * workers,
+                        batches_per_call=per_call)
     ds = no_autotune(base)
 
     def fit_pipeline() -> int:
@@ -345,10 +362,12 @@ def measure_fit(paths: list[str], batch: int, repeats: int, workers: int) -> dic
 
 
 RSS_CHILD = """
-import os, sys
+import os, sys, threading, time
 sys.path.insert(0, sys.argv[1])
 os.environ["TF_CPP_MIN_LOG_LEVEL"] = "2"
 import numpy as np
+from app.config import DataConfig
+from app.data import prepare
 from pipelines.augment import build_transform
 from pipelines.sources import ImageSet
 from pipelines.tfdata import make_dataset
@@ -357,31 +376,59 @@ def peak_kib(pid="self"):  # VmHWM: this process's own high-water mark (getrusag
     with open(f"/proc/{pid}/status") as status:
         return next(int(line.split()[1]) for line in status if line.startswith("VmHWM:"))
 
+def pss_kib(pid):  # proportional set size: a shared page counts 1/n in each of the n processes that map it
+    try:
+        with open(f"/proc/{pid}/smaps_rollup") as rollup:
+            return next(int(line.split()[1]) for line in rollup if line.startswith("Pss:"))
+    except (FileNotFoundError, ProcessLookupError, StopIteration):
+        return 0
+
 paths = open(sys.argv[2]).read().split() * int(sys.argv[3])
+workers, cached = int(sys.argv[4]), sys.argv[5] == "cached"
+pids, peak, stop = [os.getpid()], [0], threading.Event()
+
+def sample():  # the peak of the processes' summed PSS: the memory they take together, shared pages once
+    while not stop.wait(0.05):
+        peak[0] = max(peak[0], sum(pss_kib(pid) for pid in list(pids)))
+
+sampler = threading.Thread(target=sample, daemon=True)
+sampler.start()
 images = ImageSet(paths=paths, ids=[str(i) for i in range(len(paths))], class_names=("a", "b"), labels=np.arange(len(paths)) % 2, multilabel=False)
-ds = make_dataset(images, (224, 224), 64, transform=build_transform("medium", (224, 224)), shuffle=True, seed=0, workers=int(sys.argv[4]))
+cache = None
+if cached:  # the application's own path: checked, decoded once, into shared memory when workers will read it
+    images, cache = prepare(images, DataConfig(cache=True, image_size=224), shared=workers > 0)
+ds = make_dataset(images, (224, 224), 64, transform=build_transform("medium", (224, 224)), shuffle=True, seed=0, cache=cache, workers=workers)
+if workers:
+    pids += [p.pid for p in ds.worker_pool.processes]
 n = sum(int(x.shape[0]) for x, _ in ds)
-workers = [peak_kib(p.pid) for p in ds.worker_pool.processes] if int(sys.argv[4]) else []
-print(n, peak_kib(), sum(workers))
+stop.set()
+sampler.join()
+worker_peaks = [peak_kib(p.pid) for p in ds.worker_pool.processes] if workers else []
+print(n, peak_kib(), sum(worker_peaks), peak[0], 0 if cache is None else cache.nbytes // 1024)
 """
 
 
 def measure_rss(paths: list[str], workers: int) -> dict:
-    """P4: peak RSS (KiB) of a process iterating one epoch over N and 10 N images (224 px, files, no cache), and
-    of its worker processes together (shared-memory pages count in each process that touches them)."""
+    """P4: peak memory of a process iterating one epoch over N and 10 N images (224 px, files, no cache) and of
+    its worker processes: RSS of each (VmHWM) and the peak of their summed PSS (a shared page counted once).
+    P4 cached: the same for 10 N images from the decoded cache, against the cache's bytes plus the files-mode peak."""
     listing = Path(tempfile.mkstemp(suffix=".txt")[1])
     listing.write_text("\n".join(paths))
     out = {}
-    for factor in (1, 10):
+    for factor, mode in ((1, "files"), (10, "files"), (10, "cached")):
         done = subprocess.run(
-            [sys.executable, "-c", RSS_CHILD, str(Path(__file__).resolve().parents[1]), str(listing), str(factor), str(workers)],
+            [sys.executable, "-c", RSS_CHILD, str(Path(__file__).resolve().parents[1]), str(listing), str(factor), str(workers), mode],
             capture_output=True, text=True, check=True,
         )
-        n, own, children = (int(v) for v in done.stdout.split()[-3:])
-        out[f"x{factor}"] = {"images": n, "peak_rss_kib": own, "workers_peak_rss_kib": children, "total_peak_rss_kib": own + children}
+        n, own, children, pss, cache = (int(v) for v in done.stdout.split()[-5:])
+        key = f"x{factor}" if mode == "files" else f"x{factor}_cached"
+        out[key] = {"images": n, "peak_rss_kib": own, "workers_peak_rss_kib": children, "total_peak_rss_kib": own + children,
+                    "peak_pss_kib": pss, "cache_kib": cache}
     listing.unlink()
     out["P4_rss_ratio"] = out["x10"]["peak_rss_kib"] / out["x1"]["peak_rss_kib"]
     out["P4_total_rss_ratio"] = out["x10"]["total_peak_rss_kib"] / out["x1"]["total_peak_rss_kib"]
+    out["P4_total_pss_ratio"] = out["x10"]["peak_pss_kib"] / out["x1"]["peak_pss_kib"]
+    out["P4_cached_pss_over_cache_plus_files"] = out["x10_cached"]["peak_pss_kib"] / (out["x10_cached"]["cache_kib"] + out["x10"]["peak_pss_kib"])
     return out
 
 
@@ -393,6 +440,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--batch", type=int, default=64)
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--workers", type=int, default=CORES, help="worker processes for the project's pipeline (default: cores)")
+    parser.add_argument("--batches-per-call", type=int, default=None, help="batches per Python call (default: the pipeline's own choice; 1: as before it amortized calls)")
+    parser.add_argument("--modes-only", action="store_true", help="only the table of ways per size (no scaling, fit or memory): e.g. --sizes 96 128 160")
     parser.add_argument("--quick", action="store_true", help="256 images, 1 repeat: checks that the script runs")
     parser.add_argument("--output", default=str(Path(__file__).resolve().parent / "results" / "pipeline.json"))
     args = parser.parse_args(argv)
@@ -403,21 +452,24 @@ def main(argv: list[str] | None = None) -> int:
             source = sorted(str(p) for p in Path(args.images_dir).iterdir() if p.suffix.lower() in (".jpg", ".jpeg"))
         else:
             source = make_jpegs(Path(tmp) / "jpegs", args.images or (256 if args.quick else 2048))
-        report: dict = {"cores": CORES, "workers": args.workers, "batch": args.batch, "repeats": repeats, "images_dir": args.images_dir, "sizes": {}}
+        per_call = args.batches_per_call
+        report: dict = {"cores": CORES, "workers": args.workers, "batch": args.batch, "repeats": repeats, "images_dir": args.images_dir,
+                        "batches_per_call": per_call or "default", "sizes": {}}
         print(f"{CORES} cores, {args.workers} workers, batch {args.batch}, median of {repeats}", flush=True)
         for size in args.sizes:
             count = args.images or (256 if args.quick else (8192 if size <= 64 else 2048))
             paths = (source * (count // len(source) + 1))[:count]
-            report["sizes"][str(size)] = {"images": count, **measure_modes(size, paths, args.batch, repeats, args.workers)}
+            report["sizes"][str(size)] = {"images": count, **measure_modes(size, paths, args.batch, repeats, args.workers, per_call)}
         count = args.images or (256 if args.quick else 8192)
         small = (source * (count // len(source) + 1))[:count]
-        report["scaling_32px_cached"] = measure_scaling(32, small, args.batch, repeats)
-        print(f"  scaling: {report['scaling_32px_cached']}", flush=True)
-        fit = measure_fit(small, args.batch, repeats, args.workers)
-        report["fit_32px"] = fit
-        print(f"  fit: {fit}", flush=True)
-        report["rss_224px_files"] = measure_rss((source * (256 // len(source) + 1))[:256], args.workers)
-        print(f"  rss: {report['rss_224px_files']}", flush=True)
+        if not args.modes_only:
+            report["scaling_32px_cached"] = measure_scaling(32, small, args.batch, repeats, per_call)
+            print(f"  scaling: {report['scaling_32px_cached']}", flush=True)
+            fit = measure_fit(small, args.batch, repeats, args.workers, per_call)
+            report["fit_32px"] = fit
+            print(f"  fit: {fit}", flush=True)
+            report["rss_224px_files"] = measure_rss((source * (256 // len(source) + 1))[:256], args.workers)
+            print(f"  rss: {report['rss_224px_files']}", flush=True)
 
     output = Path(args.output)
     output.parent.mkdir(parents=True, exist_ok=True)

@@ -39,12 +39,17 @@ def decode_hint(size: Size) -> int:
     return 2 * max(size)
 
 
-def decode_all(paths: Sequence[str], size: Size, workers: int | None = None) -> tuple[np.ndarray, ImageCheck]:
-    """Decode and resize every image into one (N, H, W, 3) uint8 array (the in-memory cache).
+def decode_all(paths: Sequence[str], size: Size, workers: int | None = None, out: np.ndarray | None = None) -> tuple[np.ndarray, ImageCheck]:
+    """Decode and resize every image into one (N, H, W, 3) uint8 array (the in-memory cache): `out` when given (say
+    a `pipelines.memory.shared_array`, so that worker processes read it without a copy), else a new array.
 
     Unreadable files are reported in the returned ImageCheck (their rows stay black), not raised.
     """
-    out = np.zeros((len(paths), size[0], size[1], 3), dtype=np.uint8)
+    shape = (len(paths), size[0], size[1], 3)
+    if out is None:
+        out = np.zeros(shape, dtype=np.uint8)
+    elif out.shape != shape or out.dtype != np.uint8:
+        raise ValueError(f"out is {out.dtype} {out.shape}, expected uint8 {shape}")
     hint = decode_hint(size)
 
     def fill(i: int) -> str | None:
@@ -58,6 +63,16 @@ def decode_all(paths: Sequence[str], size: Size, workers: int | None = None) -> 
         results = list(progress(pool.map(fill, range(len(paths))), len(paths), "decoding images into the cache"))
     ok = np.array([r is None for r in results], dtype=bool)
     return out, ImageCheck(ok=ok, errors=tuple(r for r in results if r is not None))
+
+
+def keep_rows(array: np.ndarray, keep: np.ndarray) -> np.ndarray:
+    """`array[keep]` (a boolean mask over rows) without a second copy of the array: the kept rows move up in place
+    and the result is a view of the first ones (a cache of 7 GB stays 7 GB when a few images are skipped)."""
+    kept = np.flatnonzero(keep)
+    for row, source in enumerate(kept):
+        if row != source:
+            array[row] = array[source]
+    return array[: len(kept)]
 
 
 class BatchLoader:
@@ -113,3 +128,17 @@ class BatchLoader:
                 )
             batch[k] = image
         return batch
+
+    def batches(self, indices: np.ndarray, seeds: np.ndarray | int, batch_size: int, out: np.ndarray | None = None) -> np.ndarray:
+        """Consecutive batches in one call: rows [k * batch_size, (k + 1) * batch_size) are `self(those indices,
+        seeds[k])`, so the images do not depend on how many batches a call carries (pipelines.tfdata amortizes its
+        per-call cost this way)."""
+        seeds = np.atleast_1d(np.asarray(seeds))
+        count = len(indices)
+        if len(seeds) * batch_size < count:
+            raise ValueError(f"{count} images in batches of {batch_size} need {-(-count // batch_size)} seeds, got {len(seeds)}")
+        out = np.empty((count, *self.image_size, 3), dtype=np.uint8) if out is None else out[:count]
+        for k, start in enumerate(range(0, count, batch_size)):
+            self(indices[start : start + batch_size], seeds[k], out=out[start : start + batch_size])
+        return out
+

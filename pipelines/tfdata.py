@@ -1,9 +1,13 @@
-"""tf.data pipeline: image indices -> batch -> decode + Albumentations (one Python call per batch) -> prefetch.
+"""tf.data pipeline: image indices -> decode + Albumentations, one Python call for several batches -> re-split
+into batches in TensorFlow -> prefetch.
 
 Images stay uint8 up to the model (which normalizes them): float32 batches cost 1.2-1.6x throughput here.
+A `tf.numpy_function` call costs the training process about 0.5 ms whatever it does, as much as a third of the
+work of a 64-image batch at 32 px; small batches therefore travel several to a call (`batches_per_call`).
 Augmentation is deterministic given the seed: each batch carries its own seed, drawn from a seeded
 `tf.data.Dataset.random` that changes every epoch, and each thread (or worker process, `workers` > 0)
-owns its copy of the transform. The per-batch work itself lives in pipelines.batches (no TensorFlow).
+owns its copy of the transform; so batches are the same whatever the batches per call, threads or processes.
+The per-batch work itself lives in pipelines.batches (no TensorFlow).
 """
 
 from __future__ import annotations
@@ -19,8 +23,21 @@ import tensorflow as tf
 
 from pipelines.batches import BatchLoader, Size, decode_all, resize
 from pipelines.sources import ImageSet
+from pipelines.workers import WorkerPool, usable_cores
 
-__all__ = ["BatchLoader", "Size", "abandon_dataset", "decode_all", "make_dataset", "resize"]
+__all__ = ["BatchLoader", "Size", "abandon_dataset", "decode_all", "default_batches_per_call", "make_dataset", "resize"]
+
+CALL_BYTES = 1 << 21  # about the images one call returns: 2 MiB is ~10 batches of 64 at 32 px, one at 128 px and up
+MAX_BATCHES_PER_CALL = 16
+
+
+def default_batches_per_call(batch_size: int, image_size: Size, num_images: int, parallel: int) -> int:
+    """Batches one Python call makes: enough that the call's fixed cost is small against its work (about
+    CALL_BYTES of images), few enough that an epoch still has 4 calls for each one running at once (`parallel`)."""
+    batch_bytes = batch_size * int(image_size[0]) * int(image_size[1]) * 3
+    by_size = max(1, CALL_BYTES // batch_bytes)
+    by_parallelism = max(1, -(-num_images // batch_size) // (4 * max(1, parallel)))
+    return int(min(by_size, by_parallelism, MAX_BATCHES_PER_CALL))
 
 
 def make_dataset(
@@ -35,6 +52,7 @@ def make_dataset(
     drop_remainder: bool = False,
     num_parallel_calls: int | None = None,
     workers: int = 0,
+    batches_per_call: int | None = None,
 ) -> tf.data.Dataset:
     """Batches of (uint8 images [B, H, W, 3], labels), or images alone for an unlabeled set.
 
@@ -43,45 +61,56 @@ def make_dataset(
     `workers` > 0 decodes and augments in that many processes (pipelines.workers), writing into shared memory:
     the same batches, on every core. The processes live as long as the returned dataset (and any dataset
     derived from it) and stop when it is garbage-collected; `dataset.worker_pool.close()` stops them at once.
+    `batches_per_call` (default: `default_batches_per_call`) changes the speed only, never the batches.
     """
     if batch_size < 1:
         raise ValueError(f"batch_size must be >= 1, got {batch_size}")
     if cache is not None and len(cache) != len(images):
         raise ValueError(f"cache holds {len(cache)} images but the set has {len(images)}")
     height, width = int(image_size[0]), int(image_size[1])
+    parallel = (workers * 2 if workers else tf.data.AUTOTUNE) if num_parallel_calls is None else num_parallel_calls
+    if batches_per_call is None:
+        in_flight = max(parallel if parallel > 0 else 0, workers * 2, usable_cores())
+        batches_per_call = default_batches_per_call(batch_size, (height, width), len(images), in_flight)
+    if batches_per_call < 1:
+        raise ValueError(f"batches_per_call must be >= 1, got {batches_per_call}")
     loader = BatchLoader(images.paths, (height, width), transform, cache)
     pool = None
     if workers > 0:
-        from pipelines.workers import WorkerPool
-
-        pool = WorkerPool(loader, workers, batch_size)
+        pool = WorkerPool(loader, workers, batch_size, batches_per_call)
         pool_ref = weakref.ref(pool)  # the dataset owns the pool; the traced function must not keep it alive
 
-        def produce(batch_indices: np.ndarray, batch_seed: np.ndarray) -> np.ndarray:
+        def produce(call_indices: np.ndarray, call_seeds: np.ndarray) -> np.ndarray:
             live = pool_ref()
             if live is None:
                 raise RuntimeError("the dataset's worker pool is gone: keep a reference to the dataset while iterating")
-            return live(batch_indices, batch_seed)
+            return live(call_indices, call_seeds)
     else:
-        produce = loader
+
+        def produce(call_indices: np.ndarray, call_seeds: np.ndarray) -> np.ndarray:
+            return loader.batches(call_indices, call_seeds, batch_size)
+
     calls = _BatchCalls(produce, (height, width))
-    parallel = (workers * 2 if workers else tf.data.AUTOTUNE) if num_parallel_calls is None else num_parallel_calls
 
     indices = tf.data.Dataset.range(len(images))
     if shuffle:
         indices = indices.shuffle(len(images), seed=seed, reshuffle_each_iteration=True)
-    indices = indices.batch(batch_size, drop_remainder=drop_remainder)
-    seeds = tf.data.Dataset.random(seed=seed, rerandomize_each_iteration=True)
+    if drop_remainder:  # the images of the short last batch are never decoded
+        indices = indices.take(len(images) // batch_size * batch_size)
+    indices = indices.batch(batch_size * batches_per_call)
+    seeds = tf.data.Dataset.random(seed=seed, rerandomize_each_iteration=True).batch(batches_per_call)  # batch k: seed k
     labels = None if images.labels is None else tf.constant(images.labels)
 
-    def load(batch_indices: tf.Tensor, batch_seed: tf.Tensor):
-        x = tf.numpy_function(calls, [batch_indices, batch_seed], tf.uint8, stateful=False, name="load_and_augment")
-        x.set_shape([batch_size if drop_remainder else None, height, width, 3])
+    def load(call_indices: tf.Tensor, call_seeds: tf.Tensor):
+        x = tf.numpy_function(calls, [call_indices, call_seeds], tf.uint8, stateful=False, name="load_and_augment")
+        x.set_shape([batch_size if drop_remainder and batches_per_call == 1 else None, height, width, 3])
         if labels is None:
             return x
-        return x, tf.gather(labels, batch_indices)
+        return x, tf.gather(labels, call_indices)
 
     dataset = tf.data.Dataset.zip(indices, seeds).map(load, num_parallel_calls=parallel, deterministic=True)
+    if batches_per_call > 1:
+        dataset = dataset.rebatch(batch_size, drop_remainder=drop_remainder)  # one copy, in TensorFlow
     dataset = dataset.prefetch(tf.data.AUTOTUNE)
     if pool is not None:
         dataset.worker_pool = pool
@@ -101,14 +130,14 @@ class _BatchCalls:
         self.running = 0
         self._lock = threading.Lock()
 
-    def __call__(self, batch_indices: np.ndarray, batch_seed: np.ndarray) -> np.ndarray:
+    def __call__(self, call_indices: np.ndarray, call_seeds: np.ndarray) -> np.ndarray:
         with self._lock:
             self.started += 1
             self.running += 1
         try:
             if self.stopped:  # only once abandoned: a batch a consumer will read is never blank
-                return np.zeros((len(batch_indices), *self.image_size, 3), dtype=np.uint8)
-            return self.produce(batch_indices, batch_seed)
+                return np.zeros((len(call_indices), *self.image_size, 3), dtype=np.uint8)
+            return self.produce(call_indices, call_seeds)
         finally:
             with self._lock:
                 self.running -= 1

@@ -27,11 +27,15 @@ def test_pipeline_benchmark_quick_run(tmp_path: Path):
     report = run_quick("pipeline.py", out, "--sizes", "32")
     for mode in ("files", "cached"):
         row = report["sizes"]["32"][mode]
-        assert {"A_single_core", "limit", "pydataset", "layers", "naive", "threads", "workers", "P1_workers_over_limit", "P3_workers_over_pydataset"} <= set(row)
-        assert all(value > 0 for key, value in row.items() if key != "rounds")
+        assert {"A_single_core", "limit", "pydataset", "layers", "naive", "threads", "workers", "P1_workers_over_limit", "P3_workers_over_pydataset",
+                "auto_over_best"} <= set(row)
+        assert all(value > 0 for key, value in row.items() if key not in ("rounds", "auto", "auto_reason"))
+        assert row["auto"] in ("threads", "workers") and row["auto_reason"]
         assert all(len(values) == report["repeats"] for values in row["rounds"].values())
     assert report["scaling_32px_cached"]["speedup"] > 0 and report["fit_32px"]["P2_fit_over_cpu_limit"] > 0
-    assert report["rss_224px_files"]["x10"]["images"] == 10 * report["rss_224px_files"]["x1"]["images"]
+    rss = report["rss_224px_files"]
+    assert rss["x10"]["images"] == rss["x10_cached"]["images"] == 10 * rss["x1"]["images"]
+    assert rss["x10_cached"]["cache_kib"] > 0 and rss["P4_cached_pss_over_cache_plus_files"] > 0
 
 
 @pytest.mark.slow

@@ -56,6 +56,35 @@ def test_parallel_calls_do_not_change_the_result(folder_dataset: Path) -> None:
     assert all(np.array_equal(a[0], b[0]) and np.array_equal(a[1], b[1]) for a, b in zip(serial, parallel, strict=True))
 
 
+@pytest.mark.parametrize("drop_remainder", [False, True])
+@pytest.mark.parametrize("per_call", [2, 3, 7])
+def test_batches_per_call_never_changes_the_batches(folder_dataset: Path, per_call: int, drop_remainder: bool) -> None:
+    """24 images in batches of 5: several batches per Python call (the last call short, or 7 > the 5 batches of an
+    epoch) give the same batches, epoch after epoch, with the same static shapes."""
+    images = from_folder(folder_dataset)
+    kwargs = dict(transform=build_transform("heavy", (32, 32)), shuffle=True, seed=3, drop_remainder=drop_remainder)
+    one = make_dataset(images, (32, 32), 5, batches_per_call=1, **kwargs)
+    several = make_dataset(images, (32, 32), 5, batches_per_call=per_call, **kwargs)
+    assert several.element_spec[0].shape.as_list() == one.element_spec[0].shape.as_list() == [5 if drop_remainder else None, 32, 32, 3]
+    for _ in range(2):
+        expected, got = _epoch(one), _epoch(several)
+        assert [len(x) for x, _ in got] == [5] * 4 + ([] if drop_remainder else [4])
+        for (ex, ey), (gx, gy) in zip(expected, got, strict=True):
+            np.testing.assert_array_equal(gx, ex)
+            np.testing.assert_array_equal(gy, ey)
+    assert several.batch_calls.started < one.batch_calls.started
+
+
+def test_default_batches_per_call_amortizes_small_batches_only() -> None:
+    from pipelines.tfdata import MAX_BATCHES_PER_CALL, default_batches_per_call
+
+    assert default_batches_per_call(64, (32, 32), 50_000, parallel=2) == 10  # ~2 MiB of 32 px images per call
+    assert default_batches_per_call(64, (224, 224), 50_000, parallel=2) == 1
+    assert default_batches_per_call(8, (16, 16), 10**6, parallel=2) == MAX_BATCHES_PER_CALL
+    assert default_batches_per_call(64, (32, 32), 2_000, parallel=16) == 1  # an epoch of 32 batches keeps 16 calls busy
+    assert default_batches_per_call(64, (32, 32), 10, parallel=1) == 1
+
+
 def test_cache_gives_the_same_images_as_decoding(folder_dataset: Path) -> None:
     images = from_folder(folder_dataset)
     cache, check = decode_all(images.paths, (32, 32))
