@@ -170,7 +170,8 @@ def no_autotune(dataset):
     return dataset.with_options(options)
 
 
-def measure_modes(size: int, paths: list[str], batch: int, repeats: int, workers: int, per_call: int | None) -> dict:
+def measure_modes(size: int, paths: list[str], batch: int, repeats: int, workers: int, per_call: int | None, others: bool = True) -> dict:
+    """img/s of each way at `size`, from files and from the cache; `others`: also PyDataset, layers and naive."""
     import albumentations as A
     import keras
     import tensorflow as tf
@@ -243,16 +244,18 @@ def measure_modes(size: int, paths: list[str], batch: int, repeats: int, workers
         threads, _ = project(mode, 0)
         fast, fast_dataset = project(mode, workers)
         try:
-            passes = {"A_single_core": (own_work(paths, size, transform, cache if mode == "cached" else None), True),
-                      "pydataset": (pydataset(mode), False), "layers": (layers(mode), False),
-                      "naive": (naive(mode), False), "threads": (threads, False), "workers": (fast, False)}
+            passes = {"A_single_core": (own_work(paths, size, transform, cache if mode == "cached" else None), True)}
+            if others:
+                passes |= {"pydataset": (pydataset(mode), False), "layers": (layers(mode), False), "naive": (naive(mode), False)}
+            passes |= {"threads": (threads, False), "workers": (fast, False)}
             measured = rounds(passes, repeats)
         finally:
             fast_dataset.worker_pool.close()
         row = {name: statistics.median(values) for name, values in measured.items()}
         row = {"A_single_core": row["A_single_core"], "limit": CORES * row["A_single_core"], **{k: v for k, v in row.items() if k != "A_single_core"}}
         row["P1_workers_over_limit"] = median_ratio(measured["workers"], [CORES * a for a in measured["A_single_core"]])
-        row["P3_workers_over_pydataset"] = median_ratio(measured["workers"], measured["pydataset"])
+        if others:
+            row["P3_workers_over_pydataset"] = median_ratio(measured["workers"], measured["pydataset"])
         chosen, why = auto_workers(len(paths), size, mode == "cached", cores=workers)
         auto = "workers" if chosen else "threads"
         row["auto"] = auto
@@ -384,7 +387,7 @@ def pss_kib(pid):  # proportional set size: a shared page counts 1/n in each of 
         return 0
 
 paths = open(sys.argv[2]).read().split() * int(sys.argv[3])
-workers, cached = int(sys.argv[4]), sys.argv[5] == "cached"
+workers, mode = int(sys.argv[4]), sys.argv[5]
 pids, peak, stop = [os.getpid()], [0], threading.Event()
 
 def sample():  # the peak of the processes' summed PSS: the memory they take together, shared pages once
@@ -395,8 +398,9 @@ sampler = threading.Thread(target=sample, daemon=True)
 sampler.start()
 images = ImageSet(paths=paths, ids=[str(i) for i in range(len(paths))], class_names=("a", "b"), labels=np.arange(len(paths)) % 2, multilabel=False)
 cache = None
-if cached:  # the application's own path: checked, decoded once, into shared memory when workers will read it
-    images, cache = prepare(images, DataConfig(cache=True, image_size=224), shared=workers > 0)
+if mode != "files":  # the application's own path: checked, decoded once, into shared memory when workers will read it
+    # ("cached_copy": a private array, which the pool copies into shared memory: how every cache was held before)
+    images, cache = prepare(images, DataConfig(cache=True, image_size=224), shared=workers > 0 and mode == "cached")
 ds = make_dataset(images, (224, 224), 64, transform=build_transform("medium", (224, 224)), shuffle=True, seed=0, cache=cache, workers=workers)
 if workers:
     pids += [p.pid for p in ds.worker_pool.processes]
@@ -411,24 +415,27 @@ print(n, peak_kib(), sum(worker_peaks), peak[0], 0 if cache is None else cache.n
 def measure_rss(paths: list[str], workers: int) -> dict:
     """P4: peak memory of a process iterating one epoch over N and 10 N images (224 px, files, no cache) and of
     its worker processes: RSS of each (VmHWM) and the peak of their summed PSS (a shared page counted once).
-    P4 cached: the same for 10 N images from the decoded cache, against the cache's bytes plus the files-mode peak."""
+    P4 cached: the same for 10 N images from the decoded cache, against the cache's bytes plus the files-mode peak
+    (and, for comparison, with the cache in private memory, copied by the pool: how it was held before)."""
     listing = Path(tempfile.mkstemp(suffix=".txt")[1])
     listing.write_text("\n".join(paths))
     out = {}
-    for factor, mode in ((1, "files"), (10, "files"), (10, "cached")):
+    for factor, mode in ((1, "files"), (10, "files"), (10, "cached"), (10, "cached_copy")):
         done = subprocess.run(
             [sys.executable, "-c", RSS_CHILD, str(Path(__file__).resolve().parents[1]), str(listing), str(factor), str(workers), mode],
             capture_output=True, text=True, check=True,
         )
         n, own, children, pss, cache = (int(v) for v in done.stdout.split()[-5:])
-        key = f"x{factor}" if mode == "files" else f"x{factor}_cached"
+        key = f"x{factor}" if mode == "files" else f"x{factor}_{mode}"
         out[key] = {"images": n, "peak_rss_kib": own, "workers_peak_rss_kib": children, "total_peak_rss_kib": own + children,
                     "peak_pss_kib": pss, "cache_kib": cache}
     listing.unlink()
     out["P4_rss_ratio"] = out["x10"]["peak_rss_kib"] / out["x1"]["peak_rss_kib"]
     out["P4_total_rss_ratio"] = out["x10"]["total_peak_rss_kib"] / out["x1"]["total_peak_rss_kib"]
     out["P4_total_pss_ratio"] = out["x10"]["peak_pss_kib"] / out["x1"]["peak_pss_kib"]
-    out["P4_cached_pss_over_cache_plus_files"] = out["x10_cached"]["peak_pss_kib"] / (out["x10_cached"]["cache_kib"] + out["x10"]["peak_pss_kib"])
+    for mode in ("cached", "cached_copy"):
+        row = out[f"x10_{mode}"]
+        out[f"P4_{mode}_pss_over_cache_plus_files"] = row["peak_pss_kib"] / (row["cache_kib"] + out["x10"]["peak_pss_kib"])
     return out
 
 
@@ -441,7 +448,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--workers", type=int, default=CORES, help="worker processes for the project's pipeline (default: cores)")
     parser.add_argument("--batches-per-call", type=int, default=None, help="batches per Python call (default: the pipeline's own choice; 1: as before it amortized calls)")
-    parser.add_argument("--modes-only", action="store_true", help="only the table of ways per size (no scaling, fit or memory): e.g. --sizes 96 128 160")
+    parser.add_argument("--threads-vs-workers", action="store_true",
+                        help="only A, threads and workers per size (what the automatic choice is set from; no other ways, scaling, fit or memory)")
     parser.add_argument("--quick", action="store_true", help="256 images, 1 repeat: checks that the script runs")
     parser.add_argument("--output", default=str(Path(__file__).resolve().parent / "results" / "pipeline.json"))
     args = parser.parse_args(argv)
@@ -459,10 +467,10 @@ def main(argv: list[str] | None = None) -> int:
         for size in args.sizes:
             count = args.images or (256 if args.quick else (8192 if size <= 64 else 2048))
             paths = (source * (count // len(source) + 1))[:count]
-            report["sizes"][str(size)] = {"images": count, **measure_modes(size, paths, args.batch, repeats, args.workers, per_call)}
+            report["sizes"][str(size)] = {"images": count, **measure_modes(size, paths, args.batch, repeats, args.workers, per_call, others=not args.threads_vs_workers)}
         count = args.images or (256 if args.quick else 8192)
         small = (source * (count // len(source) + 1))[:count]
-        if not args.modes_only:
+        if not args.threads_vs_workers:
             report["scaling_32px_cached"] = measure_scaling(32, small, args.batch, repeats, per_call)
             print(f"  scaling: {report['scaling_32px_cached']}", flush=True)
             fit = measure_fit(small, args.batch, repeats, args.workers, per_call)

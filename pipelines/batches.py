@@ -76,7 +76,8 @@ def keep_rows(array: np.ndarray, keep: np.ndarray) -> np.ndarray:
 
 
 class BatchLoader:
-    """Callable (indices, seed) -> uint8 batch; the body of the pipeline's one `tf.numpy_function` per batch."""
+    """Callable (indices, seed) -> uint8 batch; `batches` makes several in one call: the body of the pipeline's
+    `tf.numpy_function`."""
 
     def __init__(self, paths: Sequence[str], image_size: Size, transform: A.BaseCompose | None, cache: np.ndarray | None = None):
         self.paths = list(paths)
