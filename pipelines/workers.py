@@ -60,7 +60,7 @@ def usable_cores() -> int:
     return os.cpu_count() or 1
 
 
-AUTO_MIN_IMAGES = 2000  # below this, starting worker processes (about 2 s) costs more than it saves
+AUTO_MIN_IMAGES = 2000  # below this, starting worker processes (about 1 s: pool and first batch) costs more than it saves
 THREADS_FROM_FILES_MIN_SIZE = 160  # from files at this input size and up, threads were as fast (benchmarks/pipeline.py)
 
 
@@ -76,7 +76,7 @@ def auto_workers(num_images: int, image_size: int, cached: bool, cores: int | No
     if cores < 2:
         return 0, "threads: one usable core, worker processes could only add copies"
     if num_images < AUTO_MIN_IMAGES:
-        return 0, f"threads: {num_images:,} images are too few to repay starting worker processes (about 2 s)"
+        return 0, f"threads: {num_images:,} images are too few to repay starting worker processes (about 1 s)"
     if cached:
         return cores, f"{cores} worker processes: from the decoded cache the work is augmentation, mostly Python that holds the GIL"
     if image_size >= THREADS_FROM_FILES_MIN_SIZE:
