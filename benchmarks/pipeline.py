@@ -20,7 +20,8 @@ Measured in one run, on the same image files and the same Albumentations transfo
 plus: small-CNN fit throughput from in-memory arrays (F) and fed by `workers` with augmentation (32 px); scaling of
 `workers` (cached): a process pinned to one core with 1 worker vs one with every core, each pinned before TensorFlow
 starts its threads (like `taskset`); peak memory for N and 10 N images from files (P4), and for 10 N images from the
-decoded cache against the cache's bytes plus the files-mode peak (P4 cached).
+decoded cache against the cache's bytes plus the files-mode peak (P4 cached); worker start-up (pool to first batch)
+in a script that imports TensorFlow, with and without the workers re-running it.
 `--batches-per-call 1` measures the pipeline as it was before several batches travelled in one call.
 Every figure is the median of --repeats passes after a warm-up pass; tf.data autotuning is off and parallelism set
 to the core count (autotune here sometimes locks onto a 20 ms-per-batch rhythm). The machines this was written on
@@ -439,6 +440,50 @@ def measure_rss(paths: list[str], workers: int) -> dict:
     return out
 
 
+STARTUP_CHILD = """
+import statistics, sys, time
+sys.path.insert(0, sys.argv[1])
+import albumentations as A
+import numpy as np
+import tensorflow  # noqa: F401  (as the imgclf command or a training script has)
+from pipelines.sources import ImageSet
+from pipelines.tfdata import make_dataset
+
+
+class Identity(A.ImageOnlyTransform):  # defined in this script: the workers must re-run it to unpickle the transform
+    def apply(self, img, **params):
+        return img
+
+
+if __name__ == "__main__":
+    paths = open(sys.argv[2]).read().split()
+    images = ImageSet(paths=paths, ids=[str(i) for i in range(len(paths))], class_names=("a", "b"), labels=np.arange(len(paths)) % 2, multilabel=False)
+    seconds = {"library_transform": [], "transform_from_the_script": []}
+    for _ in range(int(sys.argv[4])):
+        for name, first in zip(seconds, (A.HorizontalFlip(), Identity(p=1.0))):
+            start = time.perf_counter()
+            ds = make_dataset(images, (32, 32), 16, transform=A.Compose([first, A.Resize(32, 32)]), workers=int(sys.argv[3]))
+            next(iter(ds))
+            seconds[name].append(time.perf_counter() - start)
+            ds.worker_pool.close()
+    print(" ".join(f"{statistics.median(v):.3f}" for v in seconds.values()))
+"""
+
+
+def measure_startup(paths: list[str], workers: int, repeats: int) -> dict:
+    """Seconds from creating a `workers` dataset to its first batch, in a script that imports TensorFlow: with a
+    library transform (the workers do not re-run the script) and with a transform defined in the script (they must,
+    and import TensorFlow: how every worker started before)."""
+    with tempfile.TemporaryDirectory() as tmp:
+        script, listing = Path(tmp) / "startup.py", Path(tmp) / "paths.txt"
+        script.write_text(STARTUP_CHILD)
+        listing.write_text("\n".join(paths))
+        done = subprocess.run([sys.executable, str(script), str(Path(__file__).resolve().parents[1]), str(listing), str(workers), str(max(repeats, 1))],
+                              capture_output=True, text=True, check=True)
+    library, rerun = (float(v) for v in done.stdout.split()[-2:])
+    return {"library_transform_s": library, "transform_from_the_script_s": rerun, "speedup": rerun / library}
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--sizes", type=int, nargs="+", default=[32, 224])
@@ -478,6 +523,8 @@ def main(argv: list[str] | None = None) -> int:
             print(f"  fit: {fit}", flush=True)
             report["rss_224px_files"] = measure_rss((source * (256 // len(source) + 1))[:256], args.workers)
             print(f"  rss: {report['rss_224px_files']}", flush=True)
+            report["worker_startup"] = measure_startup(small[:64], args.workers, repeats)
+            print(f"  worker start-up: {report['worker_startup']}", flush=True)
 
     output = Path(args.output)
     output.parent.mkdir(parents=True, exist_ok=True)
