@@ -16,6 +16,8 @@ Measured in one run, on the same image files and the same Albumentations transfo
   workers    this project's make_dataset with worker processes writing into shared memory (data.workers=cores)
   auto       which of the two data.workers unset picks for this case (pipelines.workers.auto_workers), and its
              rate over the faster of the two in each round
+plus the cores the training process itself used during the `workers` passes (tf.data, copies, the consumer loop):
+on a small machine, what the workers cannot have.
 
 plus: small-CNN fit throughput from in-memory arrays (F) and fed by `workers` with augmentation (32 px); scaling of
 `workers` (cached): a process pinned to one core with 1 worker vs one with every core, each pinned before TensorFlow
@@ -126,7 +128,20 @@ def rounds(passes: dict[str, tuple[Callable[[], int], bool]], repeats: int) -> d
 def _shown(key: str, value: Any) -> str:
     if isinstance(value, str):
         return f"{key}={value}"
-    return f"{key}={value:,.0f}" if value > 10 else f"{key}={value:.2f}"
+    return f"{key}={value:,.0f}" if abs(value) > 10 else f"{key}={value:.2f}"
+
+
+def with_process_cpu(passes: Callable[[], int], cores_used: list[float]) -> Callable[[], int]:
+    """`passes`, also recording the cores this (training) process used meanwhile: its CPU seconds over wall seconds."""
+
+    def run() -> int:
+        cpu, start = os.times(), time.perf_counter()
+        count = passes()
+        after = os.times()
+        cores_used.append((after.user - cpu.user + after.system - cpu.system) / (time.perf_counter() - start))
+        return count
+
+    return run
 
 
 def median_ratio(numerators: list[float], denominators: list[float]) -> float:
@@ -248,13 +263,15 @@ def measure_modes(size: int, paths: list[str], batch: int, repeats: int, workers
             passes = {"A_single_core": (own_work(paths, size, transform, cache if mode == "cached" else None), True)}
             if others:
                 passes |= {"pydataset": (pydataset(mode), False), "layers": (layers(mode), False), "naive": (naive(mode), False)}
-            passes |= {"threads": (threads, False), "workers": (fast, False)}
+            parent_cores: list[float] = []
+            passes |= {"threads": (threads, False), "workers": (with_process_cpu(fast, parent_cores), False)}
             measured = rounds(passes, repeats)
         finally:
             fast_dataset.worker_pool.close()
         row = {name: statistics.median(values) for name, values in measured.items()}
         row = {"A_single_core": row["A_single_core"], "limit": CORES * row["A_single_core"], **{k: v for k, v in row.items() if k != "A_single_core"}}
         row["P1_workers_over_limit"] = median_ratio(measured["workers"], [CORES * a for a in measured["A_single_core"]])
+        row["workers_training_process_cores"] = statistics.median(parent_cores)  # what the workers cannot have
         if others:
             row["P3_workers_over_pydataset"] = median_ratio(measured["workers"], measured["pydataset"])
         chosen, why = auto_workers(len(paths), size, mode == "cached", cores=workers)
