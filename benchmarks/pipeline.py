@@ -476,29 +476,33 @@ if __name__ == "__main__":
     paths = open(sys.argv[2]).read().split()
     images = ImageSet(paths=paths, ids=[str(i) for i in range(len(paths))], class_names=("a", "b"), labels=np.arange(len(paths)) % 2, multilabel=False)
     seconds = {"library_transform": [], "transform_from_the_script": []}
+    rss_kib = {name: [] for name in seconds}
     for _ in range(int(sys.argv[4])):
         for name, first in zip(seconds, (A.HorizontalFlip(), Identity(p=1.0))):
             start = time.perf_counter()
             ds = make_dataset(images, (32, 32), 16, transform=A.Compose([first, A.Resize(32, 32)]), workers=int(sys.argv[3]))
             next(iter(ds))
             seconds[name].append(time.perf_counter() - start)
+            with open(f"/proc/{ds.worker_pool.processes[0].pid}/status") as status:  # one worker's resident memory
+                rss_kib[name].append(next(int(line.split()[1]) for line in status if line.startswith("VmRSS:")))
             ds.worker_pool.close()
-    print(" ".join(f"{statistics.median(v):.3f}" for v in seconds.values()))
+    print(" ".join(f"{statistics.median(v):.3f}" for v in seconds.values()), " ".join(str(int(statistics.median(v))) for v in rss_kib.values()))
 """
 
 
 def measure_startup(paths: list[str], workers: int, repeats: int) -> dict:
-    """Seconds from creating a `workers` dataset to its first batch, in a script that imports TensorFlow: with a
-    library transform (the workers do not re-run the script) and with a transform defined in the script (they must,
-    and import TensorFlow: how every worker started before)."""
+    """Seconds from creating a `workers` dataset to its first batch, and one worker's resident memory then, in a
+    script that imports TensorFlow: with a library transform (the workers do not re-run the script) and with a
+    transform defined in the script (they must, and import TensorFlow: how every worker started before)."""
     with tempfile.TemporaryDirectory() as tmp:
         script, listing = Path(tmp) / "startup.py", Path(tmp) / "paths.txt"
         script.write_text(STARTUP_CHILD)
         listing.write_text("\n".join(paths))
         done = subprocess.run([sys.executable, str(script), str(Path(__file__).resolve().parents[1]), str(listing), str(workers), str(max(repeats, 1))],
                               capture_output=True, text=True, check=True)
-    library, rerun = (float(v) for v in done.stdout.split()[-2:])
-    return {"library_transform_s": library, "transform_from_the_script_s": rerun, "speedup": rerun / library}
+    library, rerun, library_rss, rerun_rss = (float(v) for v in done.stdout.split()[-4:])
+    return {"library_transform_s": library, "transform_from_the_script_s": rerun, "speedup": rerun / library,
+            "library_transform_worker_rss_mib": library_rss / 1024, "transform_from_the_script_worker_rss_mib": rerun_rss / 1024}
 
 
 def main(argv: list[str] | None = None) -> int:

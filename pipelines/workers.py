@@ -198,7 +198,7 @@ def _main_not_rerun_unless_needed(payload: Any) -> Iterator[None]:
 
     spawn imports the parent's __main__ in each child, so that objects pickled from it resolve there. A worker needs
     nothing from it unless the transform was defined in it, and would only pay for the script's imports: with the
-    `imgclf` command or a training script, TensorFlow's (measured: 700 MB of RSS and seconds of start-up per worker,
+    `imgclf` command or a training script, TensorFlow's (measured: 650 MB of RSS and seconds of start-up per worker,
     again at every trial of a search). A script without the `if __name__ == "__main__":` guard then works too."""
     main = sys.modules.get("__main__")
     if main is None or b"__main__" in pickle.dumps(payload):

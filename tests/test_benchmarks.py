@@ -35,7 +35,9 @@ def test_pipeline_benchmark_quick_run(tmp_path: Path):
     assert report["scaling_32px_cached"]["speedup"] > 0 and report["fit_32px"]["P2_fit_over_cpu_limit"] > 0
     rss = report["rss_224px_files"]
     assert rss["x10"]["images"] == rss["x10_cached"]["images"] == 10 * rss["x1"]["images"]
-    assert report["worker_startup"]["library_transform_s"] > 0 and report["worker_startup"]["transform_from_the_script_s"] > 0
+    startup = report["worker_startup"]
+    assert startup["library_transform_s"] > 0 and startup["transform_from_the_script_s"] > 0
+    assert 0 < startup["library_transform_worker_rss_mib"] < startup["transform_from_the_script_worker_rss_mib"]  # TensorFlow is not imported
     assert rss["x10_cached"]["cache_kib"] > 0 and rss["P4_cached_pss_over_cache_plus_files"] > 0 and rss["P4_cached_copy_pss_over_cache_plus_files"] > 0
 
 

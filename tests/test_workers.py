@@ -247,7 +247,7 @@ print("worker imported tensorflow:", "libtensorflow" in maps)
 @pytest.mark.skipif(not os.path.isdir("/proc/self"), reason="reads the worker's memory maps in /proc")
 @pytest.mark.parametrize("transform", ["library", "own-transform"])
 def test_workers_do_not_rerun_the_main_script_unless_its_transform_needs_it(folder_dataset: Path, tmp_path: Path, transform: str):
-    """spawn re-imports the user's script in each worker, TensorFlow and all (700 MB each), and without
+    """spawn re-imports the user's script in each worker, TensorFlow and all (650 MB each), and without
     `if __name__ == '__main__'` would start workers again. Workers skip it unless the transform comes from the script;
     then an unguarded script gets the fix in one line, not a spawn loop."""
     script = tmp_path / "unguarded.py"
