@@ -123,6 +123,14 @@ def build_parser() -> argparse.ArgumentParser:
     overrides(tune)
     tune.add_argument("--restart", action="store_true", help="start a new search even if an interrupted one of this config exists")
     tune.add_argument("--then-train", action="store_true", help="then train best.yaml as a normal run (and write its submission when data.test is set)")
+    tune.add_argument("--workers", type=int, default=0, metavar="N", help="run trials in N processes on this machine, each on its share of the cores (KerasTuner's chief/worker mode)")
+    tune.add_argument("--role", choices=("chief", "worker"), help="a search over several machines: the chief holds the oracle at --oracle, workers run trials (README)")
+    tune.add_argument("--oracle", metavar="HOST:PORT", help="the chief's address: where it listens (--role chief), or where workers find it (--role worker)")
+    tune.add_argument("--worker-id", help="--role worker: this worker's name in the search (default worker-<host>-<pid>)")
+    # Set by the chief for the workers it starts itself:
+    tune.add_argument("--search-dir", help=argparse.SUPPRESS)
+    tune.add_argument("--cores", help=argparse.SUPPRESS)
+    tune.add_argument("--exit-with-parent", action="store_true", help=argparse.SUPPRESS)
 
     explain = sub.add_parser("explain", help="feature maps, channel sums, Grad-CAM or the anatomy of a trained run (PNG / Markdown in RUN/explain/)")
     explain.add_argument("run", help="a run directory written by train")
@@ -300,10 +308,24 @@ def cmd_find_lr(args: argparse.Namespace) -> int:
 
 
 def cmd_tune(args: argparse.Namespace) -> int:
+    if args.cores:  # a worker started by a local chief: pinned to its share of the cores before TensorFlow starts
+        os.sched_setaffinity(0, [int(core) for core in args.cores.split(",")])
+    if args.role and not args.oracle:
+        raise ValueError(f"--role {args.role} needs --oracle HOST:PORT: the address the chief listens on, the same on every machine")
+    if args.oracle and not args.role:
+        raise ValueError("--oracle needs --role chief (on one machine) or --role worker (on the others)")
+    if args.role == "worker" and (args.workers or args.then_train or args.restart):
+        raise ValueError("--workers, --then-train and --restart are the chief's options, not a worker's")
+    if args.worker_id and args.role != "worker":
+        raise ValueError("--worker-id names a worker: use it with --role worker")
     from app.config import load_config
-    from tuning.search import search, train_best
+    from tuning.search import search, train_best, work
 
-    result = search(load_config(args.config, args.overrides), restart=args.restart)
+    config = load_config(args.config, args.overrides)
+    if args.role == "worker":
+        work(config, args.oracle, args.worker_id, args.search_dir, exit_with_parent=args.exit_with_parent)
+        return 0
+    result = search(config, restart=args.restart, workers=args.workers, oracle=args.oracle if args.role == "chief" else None)
     print(f"search directory: {result.search_dir}")
     if result.best_score is None:
         print("no trial completed: see trials.csv for the reasons")

@@ -265,6 +265,8 @@ class TuneConfig:
     trial_budget: str = "compute"  # compute: trials get train.epochs x (model.blocks' cost / theirs) epochs; epochs: train.epochs each
     final_epochs: int | None = None  # train.epochs of best.yaml (the final run, --then-train); null: train.epochs
     final_minutes: float | None = None  # instead: as many epochs as fit in this many minutes at the best trial's pace
+    worker_timeout: float = 120.0  # distributed search: a worker silent this many seconds is gone, and its trial runs elsewhere
+    connect_timeout: float = 60.0  # distributed search: how long a worker waits for the chief to answer at start
     initial_points: int | None = None  # bayesian: random trials before the Gaussian process (null: 3 per searched value, at least 3)
     space: SpaceConfig = field(default_factory=SpaceConfig)
 

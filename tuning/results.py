@@ -23,7 +23,7 @@ SUMMARY_FILE = "summary.md"
 SCORES_PLOT = "scores.png"
 HYPERPARAMETERS_PLOT = "hyperparameters.png"
 TENSORBOARD_DIR = "tensorboard"
-FACTS = ("epochs", "best_epoch", "seconds", "params", "feature_size", "receptive_field")
+FACTS = ("epochs", "best_epoch", "seconds", "params", "feature_size", "receptive_field", "worker")  # worker: distributed search only
 
 
 def searched_names(oracle: Any) -> list[str]:
@@ -44,7 +44,7 @@ def trials_table(oracle: Any, search_dir: Path) -> pd.DataFrame:
         hp = trial.hyperparameters
         row: dict[str, Any] = {"trial": trial_id, "status": trial.status, objective: trial.score}
         row.update({name: hp.values.get(name) if hp.is_active(name) else None for name in names if name not in HYPERBAND_KEYS})
-        row.update({fact: result.get(fact, metrics.get(fact)) for fact in FACTS})
+        row.update({fact: result.get(fact, metrics.get(fact)) for fact in FACTS if fact != "worker" or "worker" in result})
         row.update({k: v for k, v in metrics.items() if k not in row and k not in FACTS})
         row["message"] = (trial.message or "").strip().splitlines()[-1][:300] if trial.message else ""
         rows.append(row)

@@ -11,12 +11,14 @@ from __future__ import annotations
 
 import json
 import logging
+import os
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import grpc
 import keras_tuner as kt
 import pandas as pd
 import yaml
@@ -24,9 +26,9 @@ import yaml
 from app import runs
 from app.atomic import write_json, write_text
 from app.config import Config, ConfigError, ConvBlock, dump_config, load_config
-from app.data import PreparedData, prepare_data
+from app.data import PreparedData, load_train_val, prepare_data
 from app.models.geometry import baseline_geometry, shape_problem
-from tuning import results
+from tuning import distributed, results
 from tuning.hypermodels import HYPERBAND_KEYS, make_hypermodel
 from tuning.oracles import make_oracle
 from tuning.space import SearchSpace, parse_space
@@ -34,9 +36,10 @@ from tuning.tuner import RESULT_FILE, SearchTuner
 
 log = logging.getLogger(__name__)
 
+WORKER_LOGS = "workers"  # the search directory's folder of worker logs (distributed search)
 FINISHED_FILE = "search.json"  # written last: a search directory without it was interrupted
-# Keys a resumed search may change: the budget (to extend a search) and how much it prints.
-RESUMABLE_CHANGES = (("tune", "max_trials"), ("tune", "max_minutes"), ("train", "verbose"))
+# Keys a resumed search may change: the budget (to extend a search), how long workers are waited for, and how much it prints.
+RESUMABLE_CHANGES = (("tune", "max_trials"), ("tune", "max_minutes"), ("tune", "worker_timeout"), ("tune", "connect_timeout"), ("train", "verbose"))
 
 
 class SearchError(ValueError):
@@ -123,8 +126,8 @@ def open_search_dir(config: Config, config_text: str, restart: bool) -> tuple[Pa
     return path, False
 
 
-def _progress_line(tuner: SearchTuner, trial: kt.engine.trial.Trial, total: int, space: kt.HyperParameters) -> str:
-    """`trial 03/10  12.3 s  val_accuracy=0.8123  best 0.8450 (trial 01)  filters_1=64 kernel_size_1=5 ...`"""
+def _progress_line(tuner: SearchTuner, trial: kt.engine.trial.Trial, total: int, space: kt.HyperParameters, worker: str | None = None) -> str:
+    """`[3/10] trial 03  12.3 s  val_accuracy=0.8123  best 0.8450 (trial 01)  filters_1=64 kernel_size_1=5 ...`"""
     objective = tuner.oracle.objective.name
     result_path = tuner.trial_dir(trial.trial_id) / RESULT_FILE
     seconds = json.loads(result_path.read_text()).get("seconds", 0.0) if result_path.is_file() else 0.0
@@ -137,15 +140,89 @@ def _progress_line(tuner: SearchTuner, trial: kt.engine.trial.Trial, total: int,
     best = results.best_trial(tuner.oracle)
     best_text = f"best {best.score:.4f} (trial {best.trial_id})" if best is not None else "no best yet"
     number = len(tuner.oracle.end_order)
-    return f"[{number}/{total}] trial {trial.trial_id}  {seconds:6.1f} s  {score}  {best_text}  {shown}"
+    where = f" on {worker}" if worker else ""
+    return f"[{number}/{total}] trial {trial.trial_id}{where}  {seconds:6.1f} s  {score}  {best_text}  {shown}"
 
 
-def search(config: Config, restart: bool = False, progress: Callable[[str], None] = print) -> SearchResult:
-    """Run (or resume) the search `config.tune` describes; returns where its results are and the best score."""
-    started = time.perf_counter()
-    space = parse_space(config)  # every mistake in tune: one line, before any image is read
-    check_space(config, space)
+@dataclass
+class _Search:
+    """What the three ways of running a search share: its directory, space, HyperModel and tuner."""
+
+    config: Config
+    space: SearchSpace
+    seed: int
+    search_dir: Path
+    resumed: bool
+    hypermodel: Any
+    tuner: SearchTuner
+    names: list[str]
+    hparams: results.HParamsLog
+
+
+def _open_search(
+    config: Config, space: SearchSpace, restart: bool, counts: tuple[int, bool, int], data_for: Callable[[Config], PreparedData], progress: Callable[[str], None]
+) -> _Search:
+    """Open (or resume) the search directory and set up the HyperModel, the oracle and the tuner with its per-trial
+    reporting (trials.csv, TensorBoard HParams, one progress line). `counts`: classes, multi-label, training images."""
     seed = config.tune.seed if config.tune.seed is not None else config.seed
+    config_text = dump_config(config)
+    search_dir, resumed = open_search_dir(config, config_text, restart)
+    try:
+        if resumed:
+            progress(f"resuming the search in {search_dir}")
+        write_text(search_dir / runs.CONFIG_FILE, config_text)  # a changed budget is recorded
+        hypermodel = make_hypermodel(config, space, *counts)
+        oracle = make_oracle(config.tune, seed, config.train.epochs)
+        tuner = SearchTuner(oracle, hypermodel, search_dir, data_for, max_seconds=config.tune.max_minutes * 60 if config.tune.max_minutes else None)
+        names = results.searched_names(tuner.oracle)
+        hparams = results.HParamsLog(search_dir / results.TENSORBOARD_DIR, names, [config.tune.objective])
+    except BaseException:
+        runs.release_run_dir(search_dir)
+        raise
+    opened = _Search(config, space, seed, search_dir, resumed, hypermodel, tuner, names, hparams)
+
+    def trial_done(tuner: SearchTuner, trial: kt.engine.trial.Trial, worker: str | None = None) -> None:
+        results.write_trials(tuner.oracle, hypermodel, search_dir)
+        _log_hparams(hparams, tuner, trial)
+        progress(_progress_line(tuner, trial, config.tune.max_trials, tuner.oracle.get_space(), worker))
+
+    tuner.on_trial_done = trial_done
+    return opened
+
+
+def _consecutive_failures(opened: _Search, message: str) -> SearchError:
+    results.write_trials(opened.tuner.oracle, opened.hypermodel, opened.search_dir)
+    return SearchError(f"{opened.config.tune.tuner} search stopped: 3 trials in a row failed, the last with: {message}. See {opened.search_dir / results.TRIALS_FILE}")
+
+
+def _finish(opened: _Search, facts: dict[str, Any], started: float) -> tuple[pd.DataFrame, kt.engine.trial.Trial | None, int]:
+    """Write the results of a search that ended: trials.csv, summary.md, plots, and search.json (written last)."""
+    tuner, config, search_dir = opened.tuner, opened.config, opened.search_dir
+    table = results.write_trials(tuner.oracle, opened.hypermodel, search_dir)
+    facts = {"tuner": config.tune.tuner, "seed": opened.seed, **facts, "image_size": config.data.image_size, "seconds": tuner.elapsed()}
+    results.write_summary(tuner.oracle, table, search_dir, facts)
+    results.plot_scores(table, config.tune.objective, search_dir / results.SCORES_PLOT)
+    results.plot_hyperparameters(table, config.tune.objective, opened.names, search_dir / results.HYPERPARAMETERS_PLOT)
+    best = results.best_trial(tuner.oracle)
+    rejected = len(getattr(tuner.oracle, "rejected", []))
+    extra = {k: facts[k] for k in ("workers", "oracle_requests", "chief_cpu_seconds", "ignored_reports") if k in facts}
+    write_json(
+        search_dir / FINISHED_FILE,
+        {
+            "objective": config.tune.objective,
+            "best_score": best.score if best else None,
+            "best_trial": best.trial_id if best else None,
+            "trials": len(table),
+            "rejected_proposals": rejected,
+            "seconds": round(tuner.elapsed(), 1),
+            "this_process_seconds": round(time.perf_counter() - started, 1),
+            **extra,
+        },
+    )
+    return table, best, rejected
+
+
+def _data_cache() -> tuple[dict[int, PreparedData], Callable[[Config], PreparedData]]:
     prepared: dict[int, PreparedData] = {}
 
     def data_for(trial_config: Config) -> PreparedData:
@@ -155,69 +232,161 @@ def search(config: Config, restart: bool = False, progress: Callable[[str], None
             prepared[size] = prepare_data(trial_config)
         return prepared[size]
 
-    data = data_for(config)
-    config_text = dump_config(config)
-    search_dir, resumed = open_search_dir(config, config_text, restart)
-    try:
-        if not resumed:
-            write_text(search_dir / runs.CONFIG_FILE, config_text)
-        else:
-            progress(f"resuming the search in {search_dir}")
-            write_text(search_dir / runs.CONFIG_FILE, config_text)  # a changed budget is recorded
-        hypermodel = make_hypermodel(config, space, data.num_classes, data.multilabel, len(data.train))
-        oracle = make_oracle(config.tune, seed, config.train.epochs)
-        hparams: results.HParamsLog | None = None
+    return prepared, data_for
 
-        def trial_done(tuner: SearchTuner, trial: kt.engine.trial.Trial) -> None:
-            results.write_trials(tuner.oracle, hypermodel, search_dir)
-            _log_hparams(hparams, tuner, trial)
-            progress(_progress_line(tuner, trial, config.tune.max_trials, tuner.oracle.get_space()))
 
-        tuner = SearchTuner(
-            oracle, hypermodel, search_dir, data_for, on_trial_done=trial_done, max_seconds=config.tune.max_minutes * 60 if config.tune.max_minutes else None
-        )
-        names = results.searched_names(tuner.oracle)
-        hparams = results.HParamsLog(search_dir / results.TENSORBOARD_DIR, names, [config.tune.objective])
-        done = sum(1 for t in tuner.oracle.trials.values() if t.status in ("COMPLETED", "FAILED"))
-        progress(f"search directory: {search_dir} ({config.tune.tuner}, {config.tune.objective}, {done} of {config.tune.max_trials} trials done, searching {', '.join(names) or 'nothing'})")
+def search(config: Config, restart: bool = False, progress: Callable[[str], None] = print, workers: int = 0, oracle: str | None = None) -> SearchResult:
+    """Run (or resume) the search `config.tune` describes; returns where its results are and the best score.
+
+    In this process by default. With `workers`, trials run in that many worker processes on this machine, each on
+    its share of the cores, and this process is the chief (KerasTuner's distributed mode, tuning/distributed.py).
+    With `oracle` ("HOST:PORT"), this process is the chief at that address, which workers on other machines join
+    (`work`), besides its own `workers` if any."""
+    started = time.perf_counter()
+    space = parse_space(config)  # every mistake in tune: one line, before any image is read
+    check_space(config, space)
+    prepared, data_for = _data_cache()
+    if workers or oracle:
+        if workers < 0:
+            raise ConfigError(f"--workers {workers}: give a number of worker processes, 1 or more")
+        host, port = distributed.parse_address(oracle) if oracle else ("127.0.0.1", 0)
+        distributed.check_port(host, port)
+        train_set, val_set = load_train_val(config.data, config.seed)  # the chief lists the images; the workers decode them
+        opened = _open_search(config, space, restart, (train_set.num_classes, train_set.multilabel, len(train_set)), _chief_has_no_data, progress)
+        facts = _serve(opened, host, port, workers, accept_remote=oracle is not None, progress=progress)
+        facts.update(train_images=len(train_set), val_images=len(val_set))
+    else:
+        data = data_for(config)
+        opened = _open_search(config, space, restart, (data.num_classes, data.multilabel, len(data.train)), data_for, progress)
+        facts = {"train_images": len(data.train), "val_images": len(data.val)}
         try:
-            tuner.search()
-        except RuntimeError as exc:  # KerasTuner's "Number of consecutive failures exceeded the limit"
-            if "consecutive failures" not in str(exc):
-                raise
-            results.write_trials(tuner.oracle, hypermodel, search_dir)
-            last = [line for line in str(exc).strip().splitlines() if line.strip()][-1]
-            raise SearchError(f"{config.tune.tuner} search stopped: 3 trials in a row failed, the last with: {last}. See {search_dir / results.TRIALS_FILE}") from None
-        table = results.write_trials(tuner.oracle, hypermodel, search_dir)
-        facts = {
-            "tuner": config.tune.tuner,
-            "seed": seed,
-            "train_images": len(data.train),
-            "val_images": len(data.val),
-            "image_size": config.data.image_size,
-            "seconds": tuner.elapsed(),
-        }
-        results.write_summary(tuner.oracle, table, search_dir, facts)
-        results.plot_scores(table, config.tune.objective, search_dir / results.SCORES_PLOT)
-        results.plot_hyperparameters(table, config.tune.objective, names, search_dir / results.HYPERPARAMETERS_PLOT)
-        best = results.best_trial(tuner.oracle)
-        rejected = len(getattr(tuner.oracle, "rejected", []))
-        write_json(
-            search_dir / FINISHED_FILE,
-            {
-                "objective": config.tune.objective,
-                "best_score": best.score if best else None,
-                "best_trial": best.trial_id if best else None,
-                "trials": len(table),
-                "rejected_proposals": rejected,
-                "seconds": round(tuner.elapsed(), 1),
-                "this_process_seconds": round(time.perf_counter() - started, 1),
-            },
-        )
+            _announce(opened, progress)
+            try:
+                opened.tuner.search()
+            except RuntimeError as exc:  # KerasTuner's "Number of consecutive failures exceeded the limit"
+                if "consecutive failures" not in str(exc):
+                    raise
+                raise _consecutive_failures(opened, [line for line in str(exc).strip().splitlines() if line.strip()][-1]) from None
+        except BaseException:
+            runs.release_run_dir(opened.search_dir)
+            raise
+    try:
+        table, best, rejected = _finish(opened, facts, started)
     finally:
-        runs.release_run_dir(search_dir)
-    best_path = search_dir / results.BEST_FILE
-    return SearchResult(search_dir, config.tune.objective, best.score if best else None, best_path if best else None, table, rejected, resumed, prepared)
+        runs.release_run_dir(opened.search_dir)
+    best_path = opened.search_dir / results.BEST_FILE
+    return SearchResult(opened.search_dir, config.tune.objective, best.score if best else None, best_path if best else None, table, rejected, opened.resumed, prepared)
+
+
+def _announce(opened: _Search, progress: Callable[[str], None], where: str = "") -> None:
+    done = sum(1 for t in opened.tuner.oracle.trials.values() if t.status in ("COMPLETED", "FAILED"))
+    tune = opened.config.tune
+    progress(f"search directory: {opened.search_dir} ({tune.tuner}, {tune.objective}, {done} of {tune.max_trials} trials done, searching {', '.join(opened.names) or 'nothing'}){where}")
+
+
+def _chief_has_no_data(config: Config) -> PreparedData:
+    raise AssertionError("the chief of a distributed search trains nothing")
+
+
+def _serve(opened: _Search, host: str, port: int, workers: int, accept_remote: bool, progress: Callable[[str], None]) -> dict[str, Any]:
+    """Be the chief: serve the oracle, start `workers` local worker processes, and follow the search to its end."""
+    tuner = opened.tuner
+
+    def begun(worker: str, trial: kt.engine.trial.Trial) -> None:
+        progress(f"trial {trial.trial_id} started on {worker}")
+
+    def ended(worker: str, trial: kt.engine.trial.Trial) -> None:
+        tuner.save()  # the chief's clock (tune.max_minutes over resumes)
+        if trial.status == "INVALID":  # released or failed once: the oracle runs it again
+            progress(f"trial {trial.trial_id} on {worker} did not finish ({(trial.message or '').strip().splitlines()[-1][:160]}); it will run again")
+        else:
+            tuner.on_trial_done(tuner, trial, worker)
+
+    servicer = distributed.ChiefServicer(tuner.oracle, begun, ended)
+    local: list[distributed.LocalWorker] = []
+    try:
+        tuner.save()
+        server, port = distributed.start_server(servicer, host, port)
+        address = f"{'127.0.0.1' if host in ('0.0.0.0', '::') else host}:{port}"
+        _announce(opened, progress, f"; chief at {host}:{port}")
+        try:
+            local = distributed.start_local_workers(workers, address, opened.search_dir / runs.CONFIG_FILE, opened.search_dir, opened.search_dir / WORKER_LOGS)
+            for worker in local:
+                progress(f"{worker.tuner_id}: pid {worker.process.pid}, cores {','.join(map(str, worker.cores))}, log {worker.log}")
+            chief_cpu = time.process_time()
+            distributed.serve(servicer, local, accept_remote, opened.config.tune.worker_timeout, progress)
+            chief_cpu = time.process_time() - chief_cpu
+        finally:
+            distributed.stop_local_workers(local)
+            server.stop(grace=1.0)
+    except BaseException:
+        runs.release_run_dir(opened.search_dir)
+        raise
+    if servicer.failure:
+        runs.release_run_dir(opened.search_dir)
+        raise _consecutive_failures(opened, servicer.failure)
+    return {"workers": workers, "oracle_requests": dict(servicer.requests), "chief_cpu_seconds": round(chief_cpu, 2), "ignored_reports": servicer.ignored_reports}
+
+
+def find_running_search(config: Config) -> Path:
+    """The search directory a worker joins: output.dir/output.name, else the newest unfinished search of this config."""
+    base = Path(config.output.dir)
+    identity = search_identity(dump_config(config))
+    candidates = [base / config.output.name] if config.output.name else sorted((p for p in base.iterdir() if p.is_dir()), key=lambda p: p.stat().st_mtime, reverse=True) if base.is_dir() else []
+    for path in candidates:
+        if (path / runs.CONFIG_FILE).is_file() and not (path / FINISHED_FILE).is_file() and search_identity((path / runs.CONFIG_FILE).read_text()) == identity:
+            return path
+    raise distributed.DistributedError(
+        f"no unfinished search of this config under {base}/. Fix: start the chief first (imgclf tune -c FILE --role chief --oracle HOST:PORT) "
+        "with the same config and --set values, and give every machine the same output.dir (a shared folder) and data paths"
+    )
+
+
+def work(
+    config: Config,
+    oracle: str,
+    worker_id: str | None = None,
+    search_dir: Path | None = None,
+    exit_with_parent: bool = False,
+    progress: Callable[[str], None] = print,
+) -> int:
+    """Be a worker of the search whose chief is at `oracle` ("HOST:PORT"): run the trials it hands out until it says
+    stop. The data are prepared once, here, as in a search in one process. Returns the number of trials run."""
+    host, port = distributed.parse_address(oracle)
+    tuner_id = distributed.check_worker_id(worker_id) if worker_id else distributed.default_worker_id()
+    space = parse_space(config)
+    tune = config.tune
+    channel = distributed.connect(oracle, tuner_id, distributed.CHIEF_WAIT_SECONDS, tune.connect_timeout)
+    search_dir = Path(search_dir) if search_dir else find_running_search(config)
+    distributed.set_worker_environment(tuner_id, host, port)
+    _, data_for = _data_cache()
+    data = data_for(config)
+    hypermodel = make_hypermodel(config, space, data.num_classes, data.multilabel, len(data.train))
+    local_oracle = make_oracle(tune, tune.seed if tune.seed is not None else config.seed, config.train.epochs)
+    tuner = SearchTuner(local_oracle, hypermodel, search_dir, data_for)
+    tuner.oracle = distributed.WorkerOracle(local_oracle, channel, tuner_id)
+    ran = 0
+
+    def count(tuner: SearchTuner, trial: kt.engine.trial.Trial) -> None:
+        nonlocal ran
+        ran += 1
+        progress(f"{tuner_id}: trial {trial.trial_id} {trial.status.lower()}")
+
+    tuner.on_trial_done = count
+    heartbeat = distributed.Heartbeat(channel, min(10.0, tune.worker_timeout / 4), parent=os.getppid() if exit_with_parent else None)
+    heartbeat.start()
+    progress(f"{tuner_id}: pid {os.getpid()}, {len(data.train)} training images, joined the search at {oracle} in {search_dir}")
+    try:
+        tuner.search()
+    except grpc.RpcError as exc:
+        raise distributed.DistributedError(
+            f"{tuner_id} lost the search's chief at {oracle} ({exc.code().name}: {exc.details()}). "
+            "Fix: start the chief again with the same command (the search resumes), then this worker"
+        ) from None
+    finally:
+        heartbeat.stop()
+    progress(f"{tuner_id}: the search is over ({ran} trials run here)")
+    return ran
 
 
 def _log_hparams(hparams: results.HParamsLog | None, tuner: SearchTuner, trial: kt.engine.trial.Trial) -> None:

@@ -213,6 +213,9 @@ def parse_space(config: Config) -> SearchSpace:
         raise ConfigError("config keys tune.final_epochs and tune.final_minutes both size the final run. Fix: set one of them to null")
     if tune.hyperband_factor < 2:
         raise ConfigError(f"config key tune.hyperband_factor: {tune.hyperband_factor} must be >= 2")
+    for key in ("worker_timeout", "connect_timeout"):
+        if getattr(tune, key) <= 0:
+            raise ConfigError(f"config key tune.{key}: {getattr(tune, key)} must be > 0 seconds")
     backbone = is_backbone(config.model.name)
     if not backbone and config.model.name != "baseline_cnn":
         raise ConfigError(f"config key model.name: unknown model {config.model.name!r}; `imgclf models` lists them")

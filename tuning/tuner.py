@@ -138,6 +138,8 @@ class SearchTuner(base_tuner.BaseTuner):
             **self.hypermodel.geometry_facts(config),
             "seconds": round(time.perf_counter() - started, 2),
         }
+        if self._is_worker():  # a distributed search: which worker ran it
+            facts["worker"] = self.tuner_id
         values = {k: v for k, v in hp.values.items() if k not in HYPERBAND_KEYS and hp.is_active(k)}
         write_json(self.trial_dir(trial.trial_id) / RESULT_FILE, {"trial": trial.trial_id, "hyperparameters": values, **facts, "metrics": results, "history": history.rows, "epoch_seconds": history.seconds})
         del model
