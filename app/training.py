@@ -17,6 +17,7 @@ import json
 import logging
 import math
 import shutil
+import tempfile
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -33,7 +34,7 @@ from app.atomic import atomic_write, write_json, write_text
 from app.callbacks import BestModelCheckpoint, HistoryCSV
 from app.config import Config, dump_config
 from app.data import PreparedData, make_datasets, make_tf_dataset, prepare_data
-from app.devices import make_strategy, precision_policy
+from app.devices import is_chief, make_strategy, precision_policy
 from app.fitting import Stage, build_model, compile_model, fit_stages, plan_stages, seed_everything, set_trainable
 from app.inference.prediction import predict_probs
 from app.plots import plot_history, plot_lr_schedule
@@ -67,6 +68,13 @@ def train(config: Config, callbacks: Sequence[keras.callbacks.Callback] = (), da
     settings (a search hands its own over), saves decoding the images again."""
     started = time.perf_counter()
     strategy = make_strategy(config.train.distribute)  # first: MultiWorkerMirroredStrategy must precede any TF op
+    if not is_chief(strategy):  # another worker of a multi-worker run: trains in step with the chief, writes nothing of its own
+        with tempfile.TemporaryDirectory(prefix="imgclf-worker-") as scratch:
+            return _train(dataclasses.replace(config, output=dataclasses.replace(config.output, dir=scratch, name=None)), strategy, callbacks, data, started)
+    return _train(config, strategy, callbacks, data, started)
+
+
+def _train(config: Config, strategy: tf.distribute.Strategy, callbacks: Sequence[keras.callbacks.Callback], data: PreparedData | None, started: float) -> TrainResult:
     seed_everything(config.seed, config.train.deterministic)
     size = (config.data.image_size, config.data.image_size)
     transforms = {"train": build_transform(config.augment.train, size), "eval": build_transform(config.augment.eval, size)}  # before any work

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import logging
+import socket
 import subprocess
 import sys
 from dataclasses import replace
@@ -156,6 +157,66 @@ def test_multiworker_strategy_from_tf_config(folder_dataset: Path, tmp_path: Pat
     done = subprocess.run([sys.executable, "-c", MULTIWORKER, *overrides], check=False, cwd=REPO, capture_output=True, text=True, timeout=300)
     assert done.returncode == 0, done.stderr[-3000:]
     assert json.loads(done.stdout.strip().splitlines()[-1])["epochs_run"] == 2
+
+
+TWO_WORKERS = """
+import json, os, sys
+index, ports, weights_path = int(sys.argv[1]), sys.argv[2].split(","), sys.argv[3]
+if len(ports) > 1:
+    os.environ["TF_CONFIG"] = json.dumps({"cluster": {"worker": [f"127.0.0.1:{p}" for p in ports]}, "task": {"type": "worker", "index": index}})
+import keras, numpy as np
+from app.config import load_config
+from app.training import train
+
+class SaveWeights(keras.callbacks.Callback):
+    def on_train_end(self, logs=None):
+        np.savez(weights_path, *self.model.get_weights())
+
+result = train(load_config(overrides=sys.argv[4:]), callbacks=[SaveWeights()])
+print(json.dumps({"run_dir": str(result.run_dir), "history": result.history}))
+"""
+
+
+@pytest.mark.slow
+def test_two_workers_on_loopback_train_as_one_process_on_the_same_batches(folder_dataset: Path, tmp_path: Path):
+    """train.distribute=multiworker with two processes on 127.0.0.1: the same weights as one process on the same
+    global batches (augmentation on; dropout off, since each replica draws its own mask), and only the chief writes."""
+    ports = [str(port) for port in _free_ports(2)]
+    overrides = [f"data.train={folder_dataset}", "data.image_size=32", "data.batch_size=8", "data.val_fraction=0.33", "model.blocks=[[8], [16]]"]
+    overrides += ["model.dropout=0", "train.epochs=2", "train.verbose=0"]
+
+    def start(index: int, cluster: list[str], out: Path) -> subprocess.Popen:
+        command = [sys.executable, "-c", TWO_WORKERS, str(index), ",".join(cluster), str(tmp_path / f"weights{index}-{len(cluster)}.npz"), *overrides, f"output.dir={out}"]
+        return subprocess.Popen(command, cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+
+    workers = [start(index, ports, tmp_path / "two") for index in (0, 1)]
+    outputs = [worker.communicate(timeout=300) for worker in workers]
+    for worker, (out, err) in zip(workers, outputs):
+        assert worker.returncode == 0, err[-3000:]
+    alone = start(0, ["single"], tmp_path / "one")
+    out, err = alone.communicate(timeout=300)
+    assert alone.returncode == 0, err[-3000:]
+
+    chief, other = (json.loads(out.strip().splitlines()[-1]) for out, _ in outputs)
+    single = json.loads(out.strip().splitlines()[-1])
+    assert [p.name for p in (tmp_path / "two").iterdir()] == [Path(chief["run_dir"]).name]  # the chief alone writes the run
+    assert not Path(other["run_dir"]).exists()  # the other worker's scratch folder is gone
+    assert chief["history"]["loss"] == other["history"]["loss"]  # the logs are reduced over both workers
+    np.testing.assert_allclose(chief["history"]["loss"], single["history"]["loss"], rtol=1e-4)
+    weights = [np.load(tmp_path / f"weights{index}-{n}.npz") for index, n in ((0, 2), (1, 2), (0, 1))]
+    for name in weights[0].files:
+        np.testing.assert_array_equal(weights[0][name], weights[1][name])  # the replicas stay in step
+        np.testing.assert_allclose(weights[0][name], weights[2][name], atol=1e-4)  # and take one process's steps
+
+
+def _free_ports(count: int) -> list[int]:
+    sockets = [socket.socket() for _ in range(count)]
+    for sock in sockets:
+        sock.bind(("127.0.0.1", 0))
+    ports = [sock.getsockname()[1] for sock in sockets]
+    for sock in sockets:
+        sock.close()
+    return ports
 
 
 @pytest.mark.parametrize(

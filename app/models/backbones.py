@@ -22,6 +22,8 @@ import keras
 import numpy as np
 from keras import layers, ops
 
+from app.models.baseline import batch_norm
+
 MIN_SIZE = 32  # Keras Applications without their top accept nothing smaller
 
 
@@ -235,7 +237,7 @@ def make_backbone_model(
         x = layer(x)
     x = backbone(x)
     x = layers.GlobalAveragePooling2D(name="avg_pool")(x)
-    x = layers.BatchNormalization(momentum=0.9, name="head_bn")(x)
+    x = batch_norm("head_bn")(x)
     x = layers.Dropout(dropout, name="head_dropout")(x)
     outputs = layers.Dense(num_classes, activation="sigmoid" if multilabel else "softmax", dtype="float32", name="predictions")(x)
     return keras.Model(inputs, outputs, name=spec.name)
