@@ -15,6 +15,15 @@ Measured in one run, on the same synthetic images (3 classes, 32 px, cached) and
       the same build and `fit`, trial time = gap between the ends of two fits) in the same round.
   T2  peak RSS (VmHWM) after 5 and after 20 trials of one search over a wide space.
   T3  fits of networks that fail the shape check, during the T2 search (every `Model.fit` is inspected).
+  D1  distributed search throughput (`search(config, workers=N)`, KerasTuner's chief/worker mode) on the T1 trials:
+      trials per minute once the workers run (first to last trial end) and for the whole search (start-up
+      included), for 2 workers of one core each, 1 worker pinned to one core, 1 worker on both cores, and the
+      search in one process on both cores (no workers). Rounds alternate the order; ratios are medians of rounds.
+      Also the chief's CPU use (share of one core over the search) and its gRPC requests per trial.
+  D2  the Bayesian oracle's seconds per proposal at 20, 50 and 100 completed trials (stub trials, no training):
+      what stays central in a distributed search and grows with its length.
+
+    .venv/bin/python benchmarks/tuning.py --parts scaling oracle   # D1 and D2 only (about 18 minutes on 2 cores)
 """
 
 from __future__ import annotations
@@ -43,8 +52,12 @@ from app.data import make_datasets, prepare_data  # noqa: E402
 from app.fitting import build_model, compile_model, plan_stages, seed_everything  # noqa: E402
 from app.models.geometry import baseline_geometry, shape_problem  # noqa: E402
 from tuning import make_hypermodel, parse_space, search  # noqa: E402
+from tuning.oracles import make_oracle  # noqa: E402
+from tuning.tuner import SearchTuner  # noqa: E402
 
 COLORS = [(220, 40, 40), (40, 200, 40), (40, 40, 220)]
+REPO = Path(__file__).resolve().parents[1]
+PARTS = ("overhead", "memory", "scaling", "oracle")
 
 
 def make_images(root: Path, per_class: int, size: int = 40, seed: int = 0) -> Path:
@@ -213,6 +226,81 @@ def measure_memory_and_invalid(base: Config, trials: int) -> dict[str, Any]:
     }
 
 
+def timed_search(config: Config, workers: int, cores: list[int]) -> dict[str, Any]:
+    """One search pinned to `cores` (the chief, and its workers on equal shares of them); its trial-end times."""
+    ends: list[float] = []
+    before = sorted(os.sched_getaffinity(0))
+    os.sched_setaffinity(0, cores)
+    started = time.perf_counter()
+    try:
+        result = search(config, restart=True, workers=workers, progress=lambda line: ends.append(time.perf_counter()) if line.startswith("[") else None)
+    finally:
+        os.sched_setaffinity(0, before)
+    wall = time.perf_counter() - started
+    finished = json.loads((result.search_dir / "search.json").read_text())
+    requests = finished.get("oracle_requests", {})
+    steady = (len(ends) - 1) / (ends[-1] - ends[0]) * 60 if len(ends) > 1 else float("nan")
+    return {
+        "trials": len(ends), "seconds": round(wall, 2), "trials_per_minute": round(len(ends) / wall * 60, 2), "steady_trials_per_minute": round(steady, 2),
+        "chief_cpu_share": round(finished["chief_cpu_seconds"] / wall, 4) if "chief_cpu_seconds" in finished else None,
+        "requests_per_trial": round(sum(v for k, v in requests.items() if k != "heartbeat") / len(ends), 2) if requests else None,
+        "heartbeats": requests.get("heartbeat", 0),
+    }
+
+
+def measure_scaling(base: Config, trials: int, rounds: int) -> dict[str, Any]:
+    cores = sorted(os.sched_getaffinity(0))[:2]
+    if len(cores) < 2:
+        return {"skipped": "needs 2 cores"}
+    setups = {"two_workers_one_core_each": (2, cores), "one_worker_one_core": (1, cores[:1]), "one_worker_two_cores": (1, cores), "one_process_two_cores": (0, cores)}
+    per_round: list[dict[str, Any]] = []
+    for r in range(rounds):
+        order = list(setups) if r % 2 == 0 else list(reversed(setups))
+        row = {name: timed_search(overhead_config(base, trials, seed=200 + r), *setups[name]) for name in order}
+        per_round.append(row)
+        print(f"round {r + 1}: " + ", ".join(f"{name} {row[name]['steady_trials_per_minute']:.1f}/min ({row[name]['trials_per_minute']:.1f} with start-up)" for name in setups), flush=True)
+
+    def ratio(a: str, b: str, key: str) -> float:
+        return float(np.median([row[a][key] / row[b][key] for row in per_round]))
+
+    return {
+        "rounds": per_round,
+        "D1_two_one_core_workers_over_one_pinned": ratio("two_workers_one_core_each", "one_worker_one_core", "steady_trials_per_minute"),
+        "D1_two_one_core_workers_over_one_pinned_with_startup": ratio("two_workers_one_core_each", "one_worker_one_core", "trials_per_minute"),
+        "D1_two_one_core_workers_over_one_two_core_worker": ratio("two_workers_one_core_each", "one_worker_two_cores", "steady_trials_per_minute"),
+        "D1_two_one_core_workers_over_one_process": ratio("two_workers_one_core_each", "one_process_two_cores", "steady_trials_per_minute"),
+        "D1_two_one_core_workers_over_one_process_with_startup": ratio("two_workers_one_core_each", "one_process_two_cores", "trials_per_minute"),
+        "chief_cpu_share": float(np.median([row["two_workers_one_core_each"]["chief_cpu_share"] for row in per_round])),
+        "requests_per_trial": float(np.median([row["two_workers_one_core_each"]["requests_per_trial"] for row in per_round])),
+    }
+
+
+def measure_bayesian_oracle(base: Config, marks: tuple[int, ...] = (20, 50, 100), samples: int = 3) -> dict[str, Any]:
+    """Seconds per proposal of the Bayesian oracle after `marks` completed stub trials (random scores, no training),
+    over the default search space (configs/search.yaml): the chief's work per trial as a search grows."""
+    config = load_config(REPO / "configs" / "search.yaml", overrides=["tune.tuner=bayesian", "tune.initial_points=5", f"tune.max_trials={max(marks) + samples}", "tune.seed=3"])
+    config = load_config(overrides=[f"data.train={base.data.train}", "data.image_size=32", f"output.dir={base.output.dir}"], base=config)
+    oracle = make_oracle(config.tune, 3, config.train.epochs)
+    hypermodel = make_hypermodel(config, parse_space(config), num_classes=3, multilabel=False, train_images=300)
+    SearchTuner(oracle, hypermodel, Path(base.output.dir) / "oracle-bench", data_for=None)  # declares the space, as a search does
+    rng = np.random.default_rng(0)
+    seconds: dict[str, float] = {}
+    times: list[tuple[int, float]] = []
+    while len(times) < max(marks) + samples:
+        started = time.perf_counter()
+        trial = oracle.create_trial("stub")
+        times.append((len(oracle.end_order), time.perf_counter() - started))
+        oracle.update_trial(trial.trial_id, {config.tune.objective: float(rng.uniform(0.3, 0.9))})
+        trial.status = "COMPLETED"
+        oracle.end_trial(trial)
+    for mark in marks:
+        seconds[str(mark)] = round(float(np.median([t for done, t in times if mark <= done < mark + samples])), 4)
+    rejected = len(getattr(oracle, "rejected", []))
+    print("D2 Bayesian proposal seconds at " + ", ".join(f"{k} trials: {v:.3f} s" for k, v in seconds.items()), flush=True)
+    return {"proposal_seconds_at_completed_trials": seconds, "initial_points": oracle.num_initial_points, "proposals_rejected": rejected,
+            "proposal_seconds": [[done, round(t, 4)] for done, t in times]}
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--images", type=int, default=480, help="images per class")
@@ -220,30 +308,48 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--trials", type=int, default=6, help="trials per search in T1")
     parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--memory-trials", type=int, default=20)
+    parser.add_argument("--scaling-trials", type=int, default=12, help="trials per search in D1")
+    parser.add_argument("--parts", nargs="+", choices=PARTS, default=list(PARTS), help="what to measure (default: all)")
     parser.add_argument("--quick", action="store_true", help="small: checks that the script runs")
     parser.add_argument("--output", default=str(Path(__file__).resolve().parent / "results" / "tuning.json"))
     args = parser.parse_args(argv)
     if args.quick:
-        args.images, args.epochs, args.trials, args.rounds, args.memory_trials = 40, 1, 3, 1, 6
+        args.images, args.epochs, args.trials, args.rounds, args.memory_trials, args.scaling_trials = 40, 1, 3, 1, 6, 3
     work = Path(tempfile.mkdtemp(prefix="imgclf-tuning-bench-"))
     try:
         data = make_images(work / "images", args.images)
         base = base_config(data, work / "runs", args.epochs)
         started = time.perf_counter()
         report: dict[str, Any] = {"images": 3 * args.images, "epochs": args.epochs, "cpus": len(os.sched_getaffinity(0))}
-        report["overhead"] = measure_overhead(base, args.trials, args.rounds)
-        report["memory_and_invalid"] = measure_memory_and_invalid(base, args.memory_trials)
+        if "overhead" in args.parts:
+            report["overhead"] = measure_overhead(base, args.trials, args.rounds)
+        if "memory" in args.parts:
+            report["memory_and_invalid"] = measure_memory_and_invalid(base, args.memory_trials)
+        if "scaling" in args.parts:
+            report["scaling"] = measure_scaling(base, args.scaling_trials, max(2, args.rounds) if not args.quick else 1)
+        if "oracle" in args.parts:
+            report["bayesian_oracle"] = measure_bayesian_oracle(base, marks=(5, 10) if args.quick else (20, 50, 100))
         report["seconds"] = round(time.perf_counter() - started, 1)
     finally:
         shutil.rmtree(work, ignore_errors=True)
     out = Path(args.output)
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(json.dumps(report, indent=2) + "\n")
-    o, m = report["overhead"], report["memory_and_invalid"]
-    print(f"T1 trial time / plain fit: {o['T1_search_over_plain']:.3f} (target <= 1.05), {o['overhead_seconds_per_trial']:.3f} s per trial; "
-          f"plain KerasTuner: {o['keras_tuner_over_plain']:.3f}")
-    print(f"T2 peak RSS after {m['trials']} trials / after 5: {m['T2_rss_last_over_5']:.3f} (target <= 1.1)")
-    print(f"T3 fits of invalid networks: {m['T3_fits_of_invalid_networks']} of {m['fits']} fits ({m['rejected_proposals']} proposals skipped)")
+    if "overhead" in report:
+        o = report["overhead"]
+        print(f"T1 trial time / plain fit: {o['T1_search_over_plain']:.3f} (target <= 1.05), {o['overhead_seconds_per_trial']:.3f} s per trial; "
+              f"plain KerasTuner: {o['keras_tuner_over_plain']:.3f}")
+    if "memory_and_invalid" in report:
+        m = report["memory_and_invalid"]
+        print(f"T2 peak RSS after {m['trials']} trials / after 5: {m['T2_rss_last_over_5']:.3f} (target <= 1.1)")
+        print(f"T3 fits of invalid networks: {m['T3_fits_of_invalid_networks']} of {m['fits']} fits ({m['rejected_proposals']} proposals skipped)")
+    if "scaling" in report and "skipped" not in report["scaling"]:
+        d = report["scaling"]
+        print(f"D1 trials per minute, 2 one-core workers / 1 worker pinned to one core: {d['D1_two_one_core_workers_over_one_pinned']:.2f} (target >= 1.7; "
+              f"{d['D1_two_one_core_workers_over_one_pinned_with_startup']:.2f} with start-up); / 1 worker on both cores: "
+              f"{d['D1_two_one_core_workers_over_one_two_core_worker']:.2f}; / the search in one process: {d['D1_two_one_core_workers_over_one_process']:.2f} "
+              f"({d['D1_two_one_core_workers_over_one_process_with_startup']:.2f} with start-up)")
+        print(f"D1 chief: {100 * d['chief_cpu_share']:.1f} % of one core, {d['requests_per_trial']:.1f} gRPC requests per trial (heartbeats aside)")
     print(f"written: {out}")
     return 0
 

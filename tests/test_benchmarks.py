@@ -50,6 +50,12 @@ def test_tuning_benchmark_quick_run(tmp_path: Path):
     assert all(len(r["search_s"]) == len(r["plain_fit_s"]) > 0 for r in overhead["rounds"])
     assert memory["fits"] == memory["trials"] and memory["T3_fits_of_invalid_networks"] == 0
     assert memory["T2_rss_last_over_5"] > 0
+    scaling, oracle = report["scaling"], report["bayesian_oracle"]
+    row = scaling["rounds"][0]
+    assert set(row) == {"two_workers_one_core_each", "one_worker_one_core", "one_worker_two_cores", "one_process_two_cores"}
+    assert all(r["trials"] == 3 and r["steady_trials_per_minute"] > 0 for r in row.values())
+    assert 0 < scaling["chief_cpu_share"] < 1 and scaling["requests_per_trial"] >= 4  # at least propose, read back, report, end
+    assert set(oracle["proposal_seconds_at_completed_trials"]) == {"5", "10"} and all(t > 0 for t in oracle["proposal_seconds_at_completed_trials"].values())
 
 
 @pytest.mark.slow

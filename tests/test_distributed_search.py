@@ -231,3 +231,25 @@ def test_cluster_roles_a_silent_worker_loses_its_trial_to_another(tiny_config: C
     other = "w2" if killed["worker"] == "w1" else "w1"
     assert table.loc[killed["trial"], "worker"] == other
     assert any(f"{killed['worker']}: no word for 4 s" in line for line in progress.lines)
+
+
+@pytest.mark.slow
+def test_ctrl_c_stops_the_chief_and_its_workers(tiny_config: Config, tmp_path: Path) -> None:
+    """Ctrl-C at a terminal: SIGINT to the whole process group. Every process ends, and the search resumes later."""
+    config_path = tmp_path / "search.yaml"
+    config_path.write_text(dump_config(search_config(tiny_config, "tune.max_trials=50", "train.epochs=3")))
+    chief = subprocess.Popen([sys.executable, "-m", "app", "tune", "-c", str(config_path), "--workers", "2"], stdout=subprocess.PIPE,
+                             stderr=subprocess.STDOUT, text=True, cwd=REPO, env={**os.environ, "PYTHONUNBUFFERED": "1"}, start_new_session=True)  # fmt: skip
+    lines = []
+    for line in chief.stdout:
+        lines.append(line)
+        if line.startswith("[1/50]"):
+            break
+    os.killpg(chief.pid, signal.SIGINT)
+    rest, _ = chief.communicate(timeout=60)
+    assert chief.returncode == 130, rest[-2000:]
+    assert "interrupted" in rest and "Traceback" not in rest
+    pids = [int(pid) for pid in re.findall(r"worker\d: pid (\d+)", "".join(lines))]
+    assert len(pids) == 2
+    time.sleep(1)
+    assert not [pid for pid in pids if Path(f"/proc/{pid}").exists() and "zombie" not in Path(f"/proc/{pid}/status").read_text()]
