@@ -59,6 +59,14 @@ def test_tuning_benchmark_quick_run(tmp_path: Path):
 
 
 @pytest.mark.slow
+def test_multiworker_benchmark_quick_run(tmp_path: Path):
+    report = run_quick("multiworker.py", tmp_path / "multiworker.json")
+    assert set(report["rounds"][0]) == {"two_workers_one_core_each", "one_process_one_core", "one_process_two_cores"}
+    assert all(rate > 0 for rate in report["rounds"][0].values())
+    assert report["two_workers_over_one_process_one_core"] > 0 and report["two_workers_over_one_process_two_cores"] > 0
+
+
+@pytest.mark.slow
 def test_search_quality_benchmark_quick_run(tmp_path: Path):
     from tests.conftest import require_shared
 
