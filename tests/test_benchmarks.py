@@ -61,9 +61,9 @@ def test_tuning_benchmark_quick_run(tmp_path: Path):
 @pytest.mark.slow
 def test_multiworker_benchmark_quick_run(tmp_path: Path):
     report = run_quick("multiworker.py", tmp_path / "multiworker.json")
-    assert set(report["rounds"][0]) == {"two_workers_one_core_each", "one_process_one_core", "one_process_two_cores"}
+    assert set(report["rounds"][0]) == {"two_workers_one_core_each", "two_workers_custom_loop", "one_process_one_core", "one_process_two_cores"}
     assert all(rate > 0 for rate in report["rounds"][0].values())
-    assert report["two_workers_over_one_process_one_core"] > 0 and report["two_workers_over_one_process_two_cores"] > 0
+    assert report["two_workers_over_one_process_one_core"] > 0 and report["custom_loop_over_fit_two_workers"] > 0
 
 
 @pytest.mark.slow
