@@ -308,7 +308,7 @@ def cmd_find_lr(args: argparse.Namespace) -> int:
 
 
 def cmd_tune(args: argparse.Namespace) -> int:
-    if args.cores:  # a worker started by a local chief: pinned to its share of the cores before TensorFlow starts
+    if args.cores and hasattr(os, "sched_setaffinity"):  # a worker started by a local chief: pinned to its share of the cores before TensorFlow starts
         os.sched_setaffinity(0, [int(core) for core in args.cores.split(",")])
     if args.role and not args.oracle:
         raise ValueError(f"--role {args.role} needs --oracle HOST:PORT: the address the chief listens on, the same on every machine")

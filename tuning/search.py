@@ -298,7 +298,8 @@ def _serve(opened: _Search, host: str, port: int, workers: int, accept_remote: b
     def ended(worker: str, trial: kt.engine.trial.Trial) -> None:
         tuner.save()  # the chief's clock (tune.max_minutes over resumes)
         if trial.status == "INVALID":  # released or failed once: the oracle runs it again
-            progress(f"trial {trial.trial_id} on {worker} did not finish ({(trial.message or '').strip().splitlines()[-1][:160]}); it will run again")
+            reason = ((trial.message or "").strip().splitlines() or ["no reason given"])[-1][:160]
+            progress(f"trial {trial.trial_id} on {worker} did not finish ({reason}); it will run again")
         else:
             tuner.on_trial_done(tuner, trial, worker)
 
