@@ -6,7 +6,9 @@
 
 Layout: space.py (tune.space -> hyperparameters), hypermodels.py (HyperModels: hp -> Config -> model -> fit),
 oracles.py (KerasTuner's oracles, proposing only networks worth training), tuner.py (the trial runner),
-search.py (search directory, resume, data prepared once), results.py (trials.csv, best.yaml, summary.md, plots).
+search.py (search directory, resume, data prepared once; the chief and worker roles of a distributed search),
+distributed.py (KerasTuner's gRPC chief/worker engine with worker liveness and one-line errors), results.py
+(trials.csv, best.yaml, summary.md, plots).
 """
 
 from tuning.hypermodels import BackboneHyperModel, BaselineHyperModel, make_hypermodel
