@@ -238,8 +238,11 @@ def test_ctrl_c_stops_the_chief_and_its_workers(tiny_config: Config, tmp_path: P
     """Ctrl-C at a terminal: SIGINT to the whole process group. Every process ends, and the search resumes later."""
     config_path = tmp_path / "search.yaml"
     config_path.write_text(dump_config(search_config(tiny_config, "tune.max_trials=50", "train.epochs=3")))
+    # SIGINT back to its default first: a job started in the background by a shell without job control (CI, say)
+    # inherits it ignored, and Python then installs no KeyboardInterrupt handler.
     chief = subprocess.Popen([sys.executable, "-m", "app", "tune", "-c", str(config_path), "--workers", "2"], stdout=subprocess.PIPE,
-                             stderr=subprocess.STDOUT, text=True, cwd=REPO, env={**os.environ, "PYTHONUNBUFFERED": "1"}, start_new_session=True)  # fmt: skip
+                             stderr=subprocess.STDOUT, text=True, cwd=REPO, env={**os.environ, "PYTHONUNBUFFERED": "1"}, start_new_session=True,
+                             preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))  # fmt: skip
     lines = []
     for line in chief.stdout:
         lines.append(line)
