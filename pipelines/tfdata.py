@@ -112,6 +112,10 @@ def make_dataset(
     dataset = tf.data.Dataset.zip(indices, seeds).map(load, num_parallel_calls=parallel, deterministic=True)
     if batches_per_call > 1:
         dataset = dataset.rebatch(batch_size, drop_remainder=drop_remainder)  # one copy, in TensorFlow
+        # rebatch leaves the length unknown: Keras would then show "?/Unknown" steps in the first epoch and warn
+        # "Your input ran out of data" at the end of every fit. The number of batches is known: say it.
+        batches = len(images) // batch_size if drop_remainder else -(-len(images) // batch_size)
+        dataset = dataset.apply(tf.data.experimental.assert_cardinality(batches))
     dataset = dataset.prefetch(tf.data.AUTOTUNE)
     if pool is not None:
         dataset.worker_pool = pool

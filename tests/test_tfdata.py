@@ -60,7 +60,8 @@ def test_parallel_calls_do_not_change_the_result(folder_dataset: Path) -> None:
 @pytest.mark.parametrize("per_call", [2, 3, 7])
 def test_batches_per_call_never_changes_the_batches(folder_dataset: Path, per_call: int, drop_remainder: bool) -> None:
     """24 images in batches of 5: several batches per Python call (the last call short, or 7 > the 5 batches of an
-    epoch) give the same batches, epoch after epoch, with the same static shapes."""
+    epoch) give the same batches, epoch after epoch, with the same static shapes and the same known length (Keras
+    shows progress totals and does not warn that the input ran out of data)."""
     images = from_folder(folder_dataset)
     kwargs = dict(transform=build_transform("heavy", (32, 32)), shuffle=True, seed=3, drop_remainder=drop_remainder)
     one = make_dataset(images, (32, 32), 5, batches_per_call=1, **kwargs)
@@ -73,6 +74,7 @@ def test_batches_per_call_never_changes_the_batches(folder_dataset: Path, per_ca
             np.testing.assert_array_equal(gx, ex)
             np.testing.assert_array_equal(gy, ey)
     assert several.batch_calls.started < one.batch_calls.started
+    assert int(several.cardinality()) == int(one.cardinality()) == len(got)
 
 
 def test_default_batches_per_call_amortizes_small_batches_only() -> None:
