@@ -265,6 +265,7 @@ class TuneConfig:
     trial_budget: str = "compute"  # compute: trials get train.epochs x (model.blocks' cost / theirs) epochs; epochs: train.epochs each
     final_epochs: int | None = None  # train.epochs of best.yaml (the final run, --then-train); null: train.epochs
     final_minutes: float | None = None  # instead: as many epochs as fit in this many minutes at the best trial's pace
+    final: dict[str, Any] = field(default_factory=dict)  # the final run's own settings, a partial config: {augment: {train: heavy}}
     worker_timeout: float = 120.0  # distributed search: a worker silent this many seconds is gone, and its trial runs elsewhere
     connect_timeout: float = 60.0  # distributed search: how long a worker waits for the chief to answer at start
     initial_points: int | None = None  # bayesian: random trials before the Gaussian process (null: 3 per searched value, at least 3)
@@ -424,15 +425,16 @@ def load_config(path: str | os.PathLike | None = None, overrides: list[str] | No
             raise ConfigError(f"{path}: not valid YAML ({exc})") from None
         if not isinstance(loaded, dict):
             raise ConfigError(f"{path}: expected a mapping of sections (data:, model:, train:...)")
-        data = _merge(data, loaded)
+        data = merge_tree(data, loaded)
     data = apply_overrides(data, list(overrides or []))
     return from_dict(Config, data)
 
 
-def _merge(base: dict[str, Any], update: dict[str, Any]) -> dict[str, Any]:
+def merge_tree(base: dict[str, Any], update: dict[str, Any]) -> dict[str, Any]:
+    """`base` with `update`'s values written over it, section by section (a config tree and a partial one)."""
     merged = dict(base)
     for key, value in update.items():
-        merged[key] = _merge(merged[key], value) if isinstance(value, dict) and isinstance(merged.get(key), dict) else value
+        merged[key] = merge_tree(merged[key], value) if isinstance(value, dict) and isinstance(merged.get(key), dict) else value
     return merged
 
 

@@ -198,7 +198,9 @@ def test_invalid_networks_are_skipped_without_a_fit(tiny_config: Config, tmp_pat
 
 def test_a_search_writes_every_result_and_its_best_yaml_trains(tiny_config: Config, tmp_path: Path) -> None:
     lines: list[str] = []
-    config = tune_config(tiny_config, "tune.max_trials=2", "tune.objective=macro_f1", "tune.final_epochs=3")
+    config = tune_config(tiny_config, "tune.max_trials=2", "tune.objective=macro_f1", "tune.final_epochs=3", "tune.final.augment.train=heavy",
+                         "tune.final.model.dropout=0.5")
+    assert config.augment.train != "heavy" and config.model.dropout != 0.5  # the trials' settings
     result = search(config, progress=lines.append)
     folder = result.search_dir
     for name in (TRIALS_FILE, BEST_FILE, SUMMARY_FILE, SCORES_PLOT, HYPERPARAMETERS_PLOT, "config.yaml", "search.json"):
@@ -214,6 +216,8 @@ def test_a_search_writes_every_result_and_its_best_yaml_trains(tiny_config: Conf
 
     best = load_config(result.best_config)
     assert best.train.epochs == 3  # tune.final_epochs: trials ran 1 epoch, the final run trains 3
+    assert best.augment.train == "heavy" and best.model.dropout == 0.5  # tune.final: the final run's own settings ...
+    assert "# augment.train=heavy: the final run's own setting (tune.final)" in result.best_config.read_text().splitlines()  # ... said in its header
     best_row = trials.loc[trials["macro_f1"].idxmax()]
     assert len(best.model.blocks) == best_row["blocks"] and best.model.blocks[0].filters == best_row["filters_1"]
     trained = train(load_config(overrides=[f"output.dir={tmp_path / 'best'}"], base=best))
@@ -280,6 +284,9 @@ def test_the_same_seed_proposes_the_same_trials(tiny_config: Config, tmp_path: P
         ("tune.final_minutes=5;tune.final_epochs=30", "tune.final_epochs and tune.final_minutes both size the final run"),
         ("tune.space.filters_growth=[0.5, 2]", "would shrink the network"),
         ("tune.trial_budget=minutes", "unknown budget 'minutes'"),
+        ("tune.final.data.image_size=48", "tune.final.data: the final run keeps the search's images"),
+        ("tune.final.train.epochs=50", "tune.final.train.epochs: the final run's length is tune.final_epochs or tune.final_minutes"),
+        ("tune.final.augment.trian=heavy", "tune.final: unknown config key augment.trian"),
         # 6 blocks of stride 2 at 32 px: every network shrinks to nothing
         ("tune.space.blocks=6;tune.space.strides=2", "no network in this space is worth training"),
     ],

@@ -19,7 +19,7 @@ import keras
 import keras_tuner as kt
 
 from app.callbacks import BestWeights
-from app.config import Config, ConfigError, ConvBlock, from_dict, to_dict
+from app.config import Config, ConfigError, ConvBlock, from_dict, merge_tree, to_dict
 from app.data import PreparedData, make_datasets
 from app.fitting import build_model, compile_model, fit_stages, plan_stages, set_trainable
 from app.inference.evaluation import classification_metrics
@@ -61,7 +61,7 @@ class ConfigHyperModel(kt.HyperModel):
     def config_for(self, hp: kt.HyperParameters, for_training: bool = False, final_epochs: int | None = None) -> Config:
         """The complete config of a trial; `for_training`: of the final run (best.yaml), which trains for
         `final_epochs` (from tune.final_minutes), tune.final_epochs, or train.epochs (Hyperband's max_epochs)
-        instead of the trial's epochs."""
+        instead of the trial's epochs, with tune.final's settings written over the trial's."""
         tree = to_dict(self.base)
         self.declare_model(hp, tree)
         self._declare(hp, tree, "dropout", "model.dropout")
@@ -75,8 +75,10 @@ class ConfigHyperModel(kt.HyperModel):
             tree["train"]["epochs"] = int(hp.values["tuner/epochs"])
         elif not for_training:
             tree["train"]["epochs"] = self.trial_epochs(tree)
-        if for_training and (final_epochs or self.base.tune.final_epochs):  # short trials, then the winner trains longer
-            tree["train"]["epochs"] = final_epochs or self.base.tune.final_epochs
+        if for_training:  # short trials, then the winner trains longer, with the final run's own settings
+            tree = merge_tree(tree, self.base.tune.final)
+            if final_epochs or self.base.tune.final_epochs:
+                tree["train"]["epochs"] = final_epochs or self.base.tune.final_epochs
         tree["output"]["name"] = None
         return from_dict(Config, tree)
 

@@ -66,9 +66,18 @@ def write_trials(oracle: Any, hypermodel: Any, search_dir: Path) -> pd.DataFrame
     if best is not None:
         epochs, sizing = _final_epochs(hypermodel.base.tune.final_minutes, search_dir / f"trial_{best.trial_id}" / "result.json")
         config = hypermodel.config_for(best.hyperparameters, for_training=True, final_epochs=epochs)
-        header = f"# best trial {best.trial_id} of search {search_dir.name}: {oracle.objective.name} = {best.score:.4f}\n{sizing}# train it: imgclf train -c {search_dir / BEST_FILE}\n"
+        final = "".join(f"# {key}={value}: the final run's own setting (tune.final)\n" for key, value in _dotted(hypermodel.base.tune.final))
+        header = f"# best trial {best.trial_id} of search {search_dir.name}: {oracle.objective.name} = {best.score:.4f}\n{sizing}{final}# train it: imgclf train -c {search_dir / BEST_FILE}\n"
         write_text(search_dir / BEST_FILE, header + dump_config(config))
     return table
+
+
+def _dotted(tree: dict[str, Any], prefix: str = "") -> list[tuple[str, Any]]:
+    """A partial config as (section.key, value) pairs."""
+    pairs: list[tuple[str, Any]] = []
+    for key, value in tree.items():
+        pairs += _dotted(value, f"{prefix}{key}.") if isinstance(value, dict) else [(f"{prefix}{key}", value)]
+    return pairs
 
 
 def _final_epochs(minutes: float | None, result_path: Path) -> tuple[int | None, str]:

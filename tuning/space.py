@@ -15,7 +15,7 @@ from typing import Any
 
 import keras_tuner as kt
 
-from app.config import POOLS, Config, ConfigError, ScheduleConfig
+from app.config import POOLS, Config, ConfigError, ScheduleConfig, from_dict, merge_tree, to_dict
 from app.models import is_backbone
 from app.models.backbones import BACKBONES, canonical_name
 from app.schedules import SCHEDULES
@@ -187,6 +187,24 @@ class SearchSpace:
         return [k for k, e in self.entries.items() if e is not None and e.kind != "fixed" and k not in ignored]
 
 
+FINAL_KEEPS = {"data": "images", "seed": "split", "tune": "search settings"}  # what tune.final cannot change
+
+
+def check_final_settings(config: Config) -> None:
+    """tune.final, the final run's own settings, must be a partial config that keeps the search's images, split
+    and settings, and leaves the run's length to tune.final_epochs or tune.final_minutes; ConfigError names the key."""
+    final = config.tune.final
+    for key, kept in FINAL_KEEPS.items():
+        if key in final:
+            raise ConfigError(f"config key tune.final.{key}: the final run keeps the search's {kept}. Fix: set {key} outside tune.final")
+    if isinstance(final.get("train"), dict) and "epochs" in final["train"]:
+        raise ConfigError("config key tune.final.train.epochs: the final run's length is tune.final_epochs or tune.final_minutes. Fix: set one of those")
+    try:
+        from_dict(Config, merge_tree(to_dict(config), final))
+    except ConfigError as exc:
+        raise ConfigError(f"config key tune.final: {exc}") from None
+
+
 def parse_space(config: Config) -> SearchSpace:
     """Check `config.tune` (tuner, objective, budget, space) and parse its space; ConfigError names the key."""
     tune = config.tune
@@ -211,6 +229,7 @@ def parse_space(config: Config) -> SearchSpace:
         raise ConfigError(f"config key tune.final_minutes: {tune.final_minutes} must be > 0 (or null)")
     if tune.final_minutes is not None and tune.final_epochs is not None:
         raise ConfigError("config keys tune.final_epochs and tune.final_minutes both size the final run. Fix: set one of them to null")
+    check_final_settings(config)
     if tune.hyperband_factor < 2:
         raise ConfigError(f"config key tune.hyperband_factor: {tune.hyperband_factor} must be >= 2")
     for key in ("worker_timeout", "connect_timeout"):
