@@ -127,6 +127,7 @@ def main(argv: list[str] | None = None) -> int:
 
         report: dict[str, Any] = {
             "data": args.data, "image_size": args.size, "holdout_fraction": args.holdout, "seed": args.seed, "search_overrides": args.overrides,
+            "search_minutes": args.search_minutes, "trial_epochs": args.trial_epochs, "final_epochs": args.final_epochs, "final_minutes": args.final_minutes,
             "search": {
                 "search_dir": str(result.search_dir), "trials": len(result.trials), "rejected_proposals": result.rejected,
                 "best_trial_val": result.best_score, "search_seconds": round(searched, 1), "final_run_seconds": round(budget - searched, 1),
