@@ -265,11 +265,15 @@ class TuneConfig:
     trial_budget: str = "compute"  # compute: trials get train.epochs x (model.blocks' cost / theirs) epochs; epochs: train.epochs each
     final_epochs: int | None = None  # train.epochs of best.yaml (the final run, --then-train); null: train.epochs
     final_minutes: float | None = None  # instead: as many epochs as fit in this many minutes at the best trial's pace
-    final: dict[str, Any] = field(default_factory=dict)  # the final run's own settings, a partial config: {augment: {train: heavy}}
+    final: dict[str, Any] | None = field(default_factory=dict)  # the final run's own settings, a partial config: {augment: {train: heavy}}
     worker_timeout: float = 120.0  # distributed search: a worker silent this many seconds is gone, and its trial runs elsewhere
     connect_timeout: float = 60.0  # distributed search: how long a worker waits for the chief to answer at start
     initial_points: int | None = None  # bayesian: random trials before the Gaussian process (null: 3 per searched value, at least 3)
     space: SpaceConfig = field(default_factory=SpaceConfig)
+
+    def __post_init__(self) -> None:
+        if self.final is None:  # `final: null`, as the other tune keys say "none"
+            self.final = {}
 
 
 @dataclass

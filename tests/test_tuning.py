@@ -59,6 +59,8 @@ def test_the_shipped_search_config_loads_and_its_space_parses() -> None:
     assert {"blocks", "filters", "kernel_size", "strides", "learning_rate", "schedule"} <= set(space.searched())
     backbone = parse_space(load_config(overrides=["model.name=efficientnetb0", "tune.space.unfreeze_blocks=[1, 2]"], base=config))
     assert "unfreeze_blocks" in backbone.searched() and "filters" not in backbone.searched()  # the block keys do not apply
+    assert config.tune.final == {"augment": {"train": "heavy"}}  # the final run's own augmentation ...
+    assert load_config(overrides=["tune.final=null"], base=config).tune.final == {}  # ... which null turns off
 
 
 def test_fixed_values_are_honoured(tiny_config: Config) -> None:
