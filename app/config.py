@@ -268,7 +268,7 @@ class TuneConfig:
     final: dict[str, Any] | None = field(default_factory=dict)  # the final run's own settings, a partial config: {augment: {train: heavy}}
     worker_timeout: float = 120.0  # distributed search: a worker silent this many seconds is gone, and its trial runs elsewhere
     connect_timeout: float = 60.0  # distributed search: how long a worker waits for the chief to answer at start
-    initial_points: int | None = None  # bayesian: random trials before the Gaussian process (null: 3 per searched value, at least 3)
+    initial_points: int | None = None  # bayesian: random trials before the Gaussian process (null: a third of max_trials, 3 to 3 per searched value)
     space: SpaceConfig = field(default_factory=SpaceConfig)
 
     def __post_init__(self) -> None:

@@ -22,6 +22,9 @@ Measured in one run, on the same synthetic images (3 classes, 32 px, cached) and
       Also the chief's CPU use (share of one core over the search) and its gRPC requests per trial.
   D2  the Bayesian oracle's seconds per proposal at 20, 50 and 100 completed trials (stub trials, no training):
       what stays central in a distributed search and grows with its length.
+  D3  the Bayesian oracle's proposals after its random start that failed the shape check (each replaced by a random
+      draw), ours against KerasTuner's own acquisition step, over configs/search.yaml's space with a stub score
+      (no training), for several seeds; and the best stub score each found, with random search's for reference.
 
     .venv/bin/python benchmarks/tuning.py --parts scaling oracle   # D1 and D2 only (about 18 minutes on 2 cores)
 """
@@ -52,7 +55,7 @@ from app.data import make_datasets, prepare_data  # noqa: E402
 from app.fitting import build_model, compile_model, plan_stages, seed_everything  # noqa: E402
 from app.models.geometry import baseline_geometry, shape_problem  # noqa: E402
 from tuning import make_hypermodel, parse_space, search  # noqa: E402
-from tuning.oracles import make_oracle  # noqa: E402
+from tuning.oracles import BayesianOracle, RandomOracle, ValidProposals, make_oracle  # noqa: E402
 from tuning.tuner import SearchTuner  # noqa: E402
 
 COLORS = [(220, 40, 40), (40, 200, 40), (40, 40, 220)]
@@ -301,6 +304,50 @@ def measure_bayesian_oracle(base: Config, marks: tuple[int, ...] = (20, 50, 100)
             "proposal_seconds": [[done, round(t, 4)] for done, t in times]}
 
 
+class KerasTunerAcquisition(ValidProposals, kt.oracles.BayesianOptimizationOracle):
+    """KerasTuner's acquisition step (its best point, checked only afterwards): the reference for D3."""
+
+    def __init__(self, **kwargs: Any):
+        super().__init__(**kwargs)
+        self._init_valid_proposals()
+
+
+def stub_score(values: dict[str, Any], rng: np.random.Generator) -> float:
+    """A smooth score of a proposal with a little noise: wider first blocks, 5x5 kernels, a deeper network, one_cycle
+    and a learning rate near 1.5e-3 score better."""
+    score = 0.5 + 0.05 * np.log(values.get("filters_1", 32) / 32) - 0.3 * abs(np.log10(values["learning_rate"] / 1.5e-3))
+    score += 0.03 * (values.get("kernel_size_1") == 5) + 0.02 * values.get("blocks", 3) + 0.02 * (values.get("schedule") == "one_cycle")
+    return float(score + rng.normal(0, 0.01))
+
+
+def measure_bayesian_validity(base: Config, trials: int = 20, initial: int = 6, seeds: int = 3) -> dict[str, Any]:
+    """D3: Gaussian-process proposals that failed the shape check, ours and KerasTuner's, with the same stub scores."""
+    config = load_config(REPO / "configs" / "search.yaml", overrides=["tune.tuner=bayesian", f"tune.max_trials={trials}", f"output.dir={base.output.dir}"])
+    hypermodel = make_hypermodel(config, parse_space(config), num_classes=5, multilabel=False, train_images=3000)
+    report: dict[str, Any] = {"trials": trials, "initial_points": initial, "seeds": seeds}
+    for name, kind in (("ours", BayesianOracle), ("keras_tuner", KerasTunerAcquisition), ("random", RandomOracle)):
+        replaced, proposals, best = 0, 0, []
+        for seed in range(seeds):
+            options = {"objective": kt.Objective(config.tune.objective, "max"), "max_trials": trials, "seed": seed}
+            oracle = kind(**options) if kind is RandomOracle else kind(num_initial_points=initial, **options)
+            SearchTuner(oracle, hypermodel, Path(base.output.dir) / f"validity-{name}-{seed}", data_for=None)
+            rng = np.random.default_rng(seed)
+            for index in range(trials):
+                before = len(oracle.rejected)
+                trial = oracle.create_trial("stub")
+                if index >= initial:
+                    proposals += 1
+                    replaced += len(oracle.rejected) > before
+                oracle.update_trial(trial.trial_id, {config.tune.objective: stub_score(trial.hyperparameters.values, rng)})
+                trial.status = "COMPLETED"
+                oracle.end_trial(trial)
+            best.append(round(float(max(t.score for t in oracle.trials.values() if t.status == "COMPLETED")), 4))
+        report[name] = {"proposals": proposals, "replaced": replaced, "best_stub_score": best, "median_best_stub_score": float(np.median(best))}
+        print(f"D3 {name}: {replaced} of {proposals} proposals after the first {initial} failed the shape check; best stub score per seed {best} "
+              f"(median {np.median(best):.4f})", flush=True)
+    return report
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--images", type=int, default=480, help="images per class")
@@ -329,6 +376,7 @@ def main(argv: list[str] | None = None) -> int:
             report["scaling"] = measure_scaling(base, args.scaling_trials, max(2, args.rounds) if not args.quick else 1)
         if "oracle" in args.parts:
             report["bayesian_oracle"] = measure_bayesian_oracle(base, marks=(5, 10) if args.quick else (20, 50, 100))
+            report["bayesian_validity"] = measure_bayesian_validity(base, trials=8 if args.quick else 20, initial=4 if args.quick else 6, seeds=1 if args.quick else 5)
         report["seconds"] = round(time.perf_counter() - started, 1)
     finally:
         shutil.rmtree(work, ignore_errors=True)

@@ -22,7 +22,9 @@ from app.models.geometry import baseline_geometry
 from app.training import train
 from tuning import parse_space, search
 from tuning.hypermodels import make_hypermodel
+from tuning.oracles import BayesianOracle, ValidProposals, default_initial_points, make_oracle
 from tuning.results import BEST_FILE, HYPERPARAMETERS_PLOT, SCORES_PLOT, SUMMARY_FILE, TENSORBOARD_DIR, TRIALS_FILE
+from tuning.tuner import SearchTuner
 
 REPO = Path(__file__).resolve().parents[1]
 # A small space over tiny models: a trial is a second or two on 32 px images.
@@ -235,6 +237,58 @@ def test_best_yaml_trains_for_final_minutes_at_the_best_trials_pace(tiny_config:
     best_text = result.best_config.read_text()
     assert load_config(result.best_config).train.epochs == max(1, int((30 - fixed) // pace))
     assert "tune.final_minutes=0.5" in best_text.splitlines()[1]  # best.yaml says why it trains that long
+
+
+class KerasTunerAcquisition(ValidProposals, kt.oracles.BayesianOptimizationOracle):
+    """KerasTuner's own acquisition step (the best point, checked only afterwards): the behaviour BayesianOracle replaces."""
+
+    def __init__(self, **kwargs):
+        super().__init__(**kwargs)
+        self._init_valid_proposals()
+
+
+def stub_search(config: Config, oracle: kt.Oracle, trials: int, tmp_path: Path) -> tuple[list[dict], list[int]]:
+    """Proposals of `oracle` with a stub score instead of training, and the count of proposals rejected so far after
+    each. The score grows with the blocks of stride 2: it draws the search to the edge where networks shrink to nothing."""
+    hypermodel = hypermodel_for(config)
+    tuner = SearchTuner(oracle, hypermodel, tmp_path / "stub-search", data_for=None)  # declares the space, as a search does
+    proposed, rejected = [], []
+    for _ in range(trials):
+        trial = oracle.create_trial("stub")
+        values = dict(trial.hyperparameters.values)
+        assert hypermodel.problem(tuner.hyperparameters_of(values)) is None  # every trial is a network worth training
+        proposed.append(values)
+        rejected.append(len(oracle.rejected))
+        strided = sum(values.get(f"strides_{i}") == 2 for i in range(1, 5))
+        oracle.update_trial(trial.trial_id, {"val_accuracy": 0.1 * strided + 0.05 * values["blocks"] - 0.2 * abs(np.log10(values["learning_rate"] / 2e-3))})
+        trial.status = "COMPLETED"
+        oracle.end_trial(trial)
+    return proposed, rejected
+
+
+def test_bayesian_proposals_are_networks_worth_training(tiny_config: Config, tmp_path: Path) -> None:
+    # At 16 px, 2 to 4 blocks of stride 1 or 2: most networks of this space shrink below 2 pixels.
+    config = tune_config(tiny_config, "data.image_size=16", "tune.space.blocks={min: 2, max: 4}", "tune.space.strides=[1, 2]",
+                         "tune.space.kernel_size=[3, 5]", "tune.space.filters=8", "tune.space.schedule=constant", "tune.space.optimizer=adam")
+    options = {"objective": kt.Objective("val_accuracy", "max"), "max_trials": 9, "num_initial_points": 3, "seed": 2}
+    proposed, rejected = stub_search(config, BayesianOracle(**options), 9, tmp_path / "ours")
+    assert rejected[2] > 0  # the random first trials met invalid networks (and drew again) ...
+    assert rejected[-1] == rejected[2]  # ... the Gaussian process proposed only valid ones
+    assert len({json.dumps(v, sort_keys=True) for v in proposed}) == len(proposed)  # and none twice
+    _, theirs = stub_search(config, KerasTunerAcquisition(**options), 9, tmp_path / "keras-tuner")
+    assert theirs[-1] > theirs[2]  # KerasTuner's acquisition alone proposed invalid networks in this space
+
+
+@pytest.mark.parametrize("max_trials,searched,expected", [(20, 22, 6), (100, 22, 33), (300, 22, 66), (5, 22, 3), (30, 2, 6), (3, 1, 3)])
+def test_default_initial_points_leave_trials_to_the_gaussian_process(max_trials: int, searched: int, expected: int) -> None:
+    assert default_initial_points(max_trials, searched) == expected
+
+
+def test_bayesian_default_initial_points_follow_max_trials(tiny_config: Config) -> None:
+    oracle = make_oracle(tune_config(tiny_config, "tune.tuner=bayesian", "tune.max_trials=30").tune, seed=0, max_epochs=1)
+    oracle.update_space(kt.HyperParameters())
+    oracle.hyperparameters.Choice("a", [1, 2])
+    assert oracle.initial_points() == default_initial_points(30, 1) == 3
 
 
 @pytest.mark.parametrize("tuner", ["hyperband", "bayesian", "grid"])
