@@ -1,10 +1,10 @@
-"""Command-line interface: a thin face over app.training, app.inference.evaluation, app.inference.prediction and app.demo.
+"""Command-line interface: a thin face over app.training.run, app.inference.evaluation, app.inference.prediction and app.demo.
 
     imgclf demo                                   # digits: train, score the hold-out set, write submission.csv
     imgclf train -c configs/example.yaml --set train.epochs=5
     imgclf evaluate runs/<run> [--data labeled.csv]
     imgclf predict runs/<run> --test sample_submission.csv --output submission.csv
-    imgclf cv -c config.yaml --folds 5                # k-fold CV: a run per fold, oof.csv, cv.json (app/crossval.py)
+    imgclf cv -c config.yaml --folds 5                # k-fold CV: a run per fold, oof.csv, cv.json (app/training/crossval.py)
     imgclf predict runs/<cv> [runs/<run> ...] --tta flip   # ensemble of folds / runs with test-time augmentation
     imgclf models [--blocks resnet50]                # registered architectures, or one backbone's blocks
     imgclf config -c config.yaml --set train.epochs=5  # the resolved config, every default included
@@ -174,7 +174,7 @@ def cmd_demo(args: argparse.Namespace) -> int:
 
 def cmd_train(args: argparse.Namespace) -> int:
     from app.config import load_config
-    from app.training import train
+    from app.training.run import train
 
     result = train(load_config(args.config, args.overrides))
     print(f"run directory: {result.run_dir}")
@@ -215,7 +215,7 @@ def cmd_predict(args: argparse.Namespace) -> int:
     print(f"submission: {output} ({len(frame)} rows{models})")
     cv_dirs = [Path(p) for p in args.run if (Path(p) / CV_FILE).is_file()]
     if args.tta and cv_dirs:
-        from app.crossval import oof_scores
+        from app.training.crossval import oof_scores
 
         for cv_dir in cv_dirs:  # what TTA buys, on images no fold model trained on
             plain, with_tta = oof_scores(cv_dir, tta="none"), oof_scores(cv_dir, tta=args.tta, passes=args.tta_passes)
@@ -227,7 +227,7 @@ def cmd_predict(args: argparse.Namespace) -> int:
 
 def cmd_cv(args: argparse.Namespace) -> int:
     from app.config import load_config
-    from app.crossval import cross_validate
+    from app.training.crossval import cross_validate
     from app.inference.evaluation import SCORE_NAMES
 
     if args.folds is not None and args.folds < 2:
@@ -276,7 +276,7 @@ def cmd_plot_lr(args: argparse.Namespace) -> int:
     from app.atomic import OutputExistsError
     from app.config import load_config
     from app.data import load_train_val
-    from app.fitting import plan_stages
+    from app.training.fitting import plan_stages
     from app.plots import plot_lr_schedule
 
     config = load_config(args.config, args.overrides)
@@ -295,7 +295,7 @@ def cmd_plot_lr(args: argparse.Namespace) -> int:
 
 def cmd_find_lr(args: argparse.Namespace) -> int:
     from app.config import load_config
-    from app.lr_finder import find_lr, write_lr_finder
+    from app.training.lr_finder import find_lr, write_lr_finder
 
     config = load_config(args.config, args.overrides)
     result = find_lr(config, steps=args.steps, start_lr=args.start_lr, end_lr=args.end_lr)

@@ -146,7 +146,7 @@ class ScheduleConfig:
     """A learning-rate schedule and its knobs (timm-style flat options; each schedule reads the ones it needs).
 
     Written as a mapping (`schedule: {name: step, decay_epochs: 3}`) or just its name (`schedule: cosine`).
-    See app/schedules.py for the formulas; `imgclf plot-lr` draws the result before any training."""
+    See app/training/schedules.py for the formulas; `imgclf plot-lr` draws the result before any training."""
 
     name: str = "cosine"  # constant | step | exponential | cosine | cosine_restarts | one_cycle | polynomial | ramp_sustain_step | plateau
     warmup_epochs: float = 0.0  # linear warmup from warmup_lr (the ramp of ramp_sustain_step)

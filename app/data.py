@@ -13,7 +13,7 @@ import numpy as np
 import tensorflow as tf
 
 from app.config import Config, DataConfig
-from app.optimization import class_weights
+from app.training.optimization import class_weights
 from pipelines.augment import build_transform
 from pipelines.batches import decode_hint, keep_rows
 from pipelines.errors import DataError

@@ -11,7 +11,7 @@ from app.data import load_labeled
 from app.inference.evaluation import evaluate_images
 from app.inference.submission import submit
 from app.runs import load_run
-from app.training import train
+from app.training.run import train
 from pipelines.datasets.digits import export_digits
 
 DEMO_AUGMENT = Path(__file__).resolve().parent.parent / "configs" / "augment" / "digits.yaml"

@@ -37,7 +37,7 @@ def plot_history(history: Mapping[str, Sequence[float]], path: str | os.PathLike
 
 def plot_lr_schedule(stages: Sequence[tuple[str, Any, int]], steps_per_epoch: int, path: str | os.PathLike) -> None:
     """Learning rate per optimizer step for each (stage name, schedule or number, epochs), stages end to end."""
-    from app.schedules import lr_values  # app.schedules imports keras: only when plotting schedules
+    from app.training.schedules import lr_values  # app.training.schedules imports keras: only when plotting schedules
 
     fig, ax = subplots(figsize=(7, 3.6))
     offset = 0

@@ -11,8 +11,8 @@ from pathlib import Path
 
 import keras
 
-import app.optimization  # noqa: F401  (registers the custom loss for load_model)
-import app.schedules  # noqa: F401  (registers the custom schedules for load_model)
+import app.training.optimization  # noqa: F401  (registers the custom loss for load_model)
+import app.training.schedules  # noqa: F401  (registers the custom schedules for load_model)
 from app.config import Config, ConfigError, load_config
 from app.models.backbones import BackbonePreprocess  # noqa: F401  (registers the layer for load_model)
 from pipelines.errors import DataError
@@ -127,7 +127,7 @@ def load_model_file(path: Path) -> keras.Model:
         raise DataError(f"{path}: cannot be read as a Keras model ({reason}). Fix: restore the file, or train the run again.") from None
 
 
-CV_FILE = "cv.json"  # written last by a cross-validation (app.crossval): its folds are all trained
+CV_FILE = "cv.json"  # written last by a cross-validation (app.training.crossval): its folds are all trained
 FOLD_PREFIX = "fold_"
 
 

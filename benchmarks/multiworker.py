@@ -44,13 +44,13 @@ if "," in cluster:
     os.environ["TF_CONFIG"] = json.dumps({"cluster": {"worker": cluster.split(",")}, "task": {"type": "worker", "index": index}})
 import keras
 from app.config import load_config
-from app.training import train
+from app.training.run import train
 config = load_config(overrides=sys.argv[5:])
 if engine == "loop":  # the alternative engine: a minimal custom step over strategy.run, the same model, data and optimizer
     import tensorflow as tf
     from app.data import make_datasets, prepare_data
     from app.devices import make_strategy
-    from app.fitting import build_model, compile_model
+    from app.training.fitting import build_model, compile_model
     strategy = make_strategy("multiworker" if "," in cluster else "none")
     data = prepare_data(config)
     with strategy.scope():

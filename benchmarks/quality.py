@@ -45,7 +45,7 @@ from app.config import load_config  # noqa: E402
 from app.data import load_labeled  # noqa: E402
 from app.inference.evaluation import evaluate_images  # noqa: E402
 from app.runs import load_run  # noqa: E402
-from app.training import train  # noqa: E402
+from app.training.run import train  # noqa: E402
 from pipelines.datasets.digits import export_digits  # noqa: E402
 from pipelines.sources import ImageSet, from_csv, from_folder  # noqa: E402
 from pipelines.split import train_val_split  # noqa: E402

@@ -42,7 +42,7 @@ from app.config import Config, load_config  # noqa: E402
 from app.data import load_labeled  # noqa: E402
 from app.inference.evaluation import evaluate_images  # noqa: E402
 from app.runs import load_run  # noqa: E402
-from app.training import train  # noqa: E402
+from app.training.run import train  # noqa: E402
 from pipelines.sources import from_folder  # noqa: E402
 from tuning.search import search, train_best  # noqa: E402
 

@@ -11,10 +11,10 @@ import numpy as np
 import pandas as pd
 import pytest
 
-import app.crossval as crossval
+import app.training.crossval as crossval
 from app.cli import main
 from app.config import Config, ConfigError, load_config
-from app.crossval import cross_validate
+from app.training.crossval import cross_validate
 from app.data import load_train_val
 from app.inference.evaluation import classification_metrics
 from pipelines.errors import DataError

@@ -11,7 +11,7 @@ import pytest
 from app.cli import main
 from app.config import load_config
 from app.demo import run_demo
-from app.training import train
+from app.training.run import train
 from tests.conftest import require_shared
 
 pytestmark = pytest.mark.slow

@@ -17,7 +17,7 @@ from app.models import create_model
 from app.models.backbones import find_backbone
 from app.models.geometry import SpatialOp, propagate
 from app.runs import load_run
-from app.training import train
+from app.training.run import train
 
 FAMILIES = ["vgg16", "resnet50", "resnet50v2", "efficientnetb0", "efficientnetv2b0"]  # one backbone per family
 

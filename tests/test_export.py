@@ -23,7 +23,7 @@ from app.models import create_model
 from app.models.backbones import BackbonePreprocess, find_backbone, get_spec
 from app.models.portable import portable_model
 from app.runs import Run, load_run
-from app.training import train
+from app.training.run import train
 from tests.conftest import make_image
 
 PLAIN_KERAS = textwrap.dedent(

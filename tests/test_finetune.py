@@ -17,7 +17,7 @@ import yaml
 from app.cli import main
 from app.config import Config, load_config
 from app.models.backbones import find_backbone, make_backbone
-from app.training import train
+from app.training.run import train
 
 SIZE = 32
 REPO = Path(__file__).resolve().parents[1]
@@ -175,7 +175,7 @@ KILL_AFTER_FIRST_EPOCH = """
 import os, signal, sys
 import keras
 from app.config import load_config
-from app.training import train
+from app.training.run import train
 
 class Kill(keras.callbacks.Callback):
     def on_epoch_begin(self, epoch, logs=None):

@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 
 from app.config import ScheduleConfig
-from app.schedules import SCHEDULES, lr_values, make_schedule
+from app.training.schedules import SCHEDULES, lr_values, make_schedule
 
 LR, EPOCHS, SPE = 0.1, 10, 10  # 100 steps
 TOTAL = EPOCHS * SPE
@@ -17,7 +17,7 @@ def cosine(lr, lo, t, T):
     return lo + (lr - lo) * (1 + math.cos(math.pi * min(t, T) / T)) / 2
 
 
-# (config, formula(step) -> lr). Each formula is the textbook definition, not a call into app.schedules.
+# (config, formula(step) -> lr). Each formula is the textbook definition, not a call into app.training.schedules.
 CASES = [
     (ScheduleConfig(name="constant"), lambda s: LR),
     (ScheduleConfig(name="plateau"), lambda s: LR),

@@ -12,7 +12,7 @@ import pytest
 import yaml
 
 from app.config import Config, load_config
-from app.training import train
+from app.training.run import train
 from pipelines.errors import DataError
 from tests.conftest import make_image
 
@@ -70,7 +70,7 @@ def test_learns_an_easy_task(tiny_config: Config) -> None:
 @pytest.mark.parametrize("start,initial_epoch,expected", [(None, 0, 10), (None, 20, 30), (3, 20, 23), (0, 0, 0)])
 def test_early_stopping_waits_half_the_stage_by_default(start: int | None, initial_epoch: int, expected: int) -> None:
     from app.config import ScheduleConfig
-    from app.fitting import Stage, standard_callbacks
+    from app.training.fitting import Stage, standard_callbacks
 
     config = load_config(overrides=["train.early_stopping_patience=4"] + ([f"train.early_stopping_start={start}"] if start is not None else []))
     stage = Stage("train", 20, 1e-3, ScheduleConfig(), 1e-3)

@@ -17,11 +17,11 @@ import pytest
 
 from app.cli import main
 from app.config import Config, ScheduleConfig, load_config
-from app.fitting import compile_model
-from app.lr_finder import find_lr, suggest_lr
+from app.training.fitting import compile_model
+from app.training.lr_finder import find_lr, suggest_lr
 from app.models import create_model
-from app.optimization import SparseCategoricalCrossentropySmoothed, class_weights, make_optimizer
-from app.training import train
+from app.training.optimization import SparseCategoricalCrossentropySmoothed, class_weights, make_optimizer
+from app.training.run import train
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -125,7 +125,7 @@ import tensorflow as tf
 cpu = tf.config.list_physical_devices("CPU")[0]
 tf.config.set_logical_device_configuration(cpu, [tf.config.LogicalDeviceConfiguration()] * 2)
 from app.config import load_config
-from app.training import train
+from app.training.run import train
 config = load_config(overrides=sys.argv[1:])
 print(json.dumps(train(config).metrics))
 """
@@ -145,7 +145,7 @@ import json, os, socket, sys
 sock = socket.socket(); sock.bind(("localhost", 0)); port = sock.getsockname()[1]; sock.close()
 os.environ["TF_CONFIG"] = json.dumps({"cluster": {"worker": [f"localhost:{port}"]}, "task": {"type": "worker", "index": 0}})
 from app.config import load_config
-from app.training import train
+from app.training.run import train
 print(json.dumps(train(load_config(overrides=sys.argv[1:])).metrics))
 """
 
@@ -166,7 +166,7 @@ if len(ports) > 1:
     os.environ["TF_CONFIG"] = json.dumps({"cluster": {"worker": [f"127.0.0.1:{p}" for p in ports]}, "task": {"type": "worker", "index": index}})
 import keras, numpy as np
 from app.config import load_config
-from app.training import train
+from app.training.run import train
 
 class SaveWeights(keras.callbacks.Callback):
     def on_train_end(self, logs=None):

@@ -19,7 +19,7 @@ import pytest
 from app.config import Config, ConfigError, ConvBlock, load_config
 from app.models import create_model
 from app.models.geometry import baseline_geometry
-from app.training import train
+from app.training.run import train
 from tuning import parse_space, search
 from tuning.hypermodels import make_hypermodel
 from tuning.oracles import BayesianOracle, ValidProposals, default_initial_points, make_oracle

@@ -149,7 +149,7 @@ def test_training_with_workers_gives_the_same_run(tiny_config):
     import multiprocessing
     from dataclasses import replace
 
-    from app.training import train
+    from app.training.run import train
 
     threads = train(replace(tiny_config, data=replace(tiny_config.data, workers=0), output=replace(tiny_config.output, name="threads")))
     workers = train(replace(tiny_config, data=replace(tiny_config.data, workers=2), output=replace(tiny_config.output, name="workers")))

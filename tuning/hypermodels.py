@@ -1,7 +1,7 @@
 """KerasTuner HyperModels over the toolkit's own config, model builder and fit path.
 
 `config_for(hp)` maps a trial's hyperparameters onto a complete `Config` (the one `best.yaml` holds), `build(hp)`
-builds and compiles that config's model with `app.fitting`, and `fit(hp, model, data)` trains it through the same
+builds and compiles that config's model with `app.training.fitting`, and `fit(hp, model, data)` trains it through the same
 stages `imgclf train` runs. `problem(hp)` says, without building anything, why a proposal is not worth training
 (its feature map shrinks below `tune.min_feature_size`, a kernel outgrows its input, a schedule that cannot fit the
 epochs), so that the oracle proposes another one instead.
@@ -18,10 +18,10 @@ from typing import Any
 import keras
 import keras_tuner as kt
 
-from app.callbacks import BestWeights
+from app.training.callbacks import BestWeights
 from app.config import Config, ConfigError, ConvBlock, from_dict, merge_tree, to_dict
 from app.data import PreparedData, make_datasets
-from app.fitting import build_model, compile_model, fit_stages, plan_stages, set_trainable
+from app.training.fitting import build_model, compile_model, fit_stages, plan_stages, set_trainable
 from app.inference.evaluation import classification_metrics
 from app.inference.prediction import predict_probs
 from app.models.geometry import baseline_geometry, conv_macs, shape_problem

@@ -21,7 +21,7 @@ import scipy.optimize
 from sklearn.exceptions import ConvergenceWarning
 from keras_tuner.src.engine import trial as trial_module
 
-from app.callbacks import monitor_mode
+from app.training.callbacks import monitor_mode
 from app.config import ConfigError, TuneConfig
 
 MAX_REJECTED_IN_A_ROW = 2000

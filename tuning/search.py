@@ -417,7 +417,7 @@ def train_best(result: SearchResult) -> TrainedBest:
     when data.test is set."""
     from app.inference.submission import submit
     from app.runs import load_run
-    from app.training import train
+    from app.training.run import train
 
     best = load_best_config(result)
     trained = train(best, data=result.prepared.get(best.data.image_size))  # the images the search decoded

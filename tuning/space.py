@@ -18,7 +18,7 @@ import keras_tuner as kt
 from app.config import POOLS, Config, ConfigError, ScheduleConfig, from_dict, merge_tree, to_dict
 from app.models import is_backbone
 from app.models.backbones import BACKBONES, canonical_name
-from app.schedules import SCHEDULES
+from app.training.schedules import SCHEDULES
 from pipelines.augment import PRESETS
 
 TUNERS = ("random", "hyperband", "bayesian", "grid")

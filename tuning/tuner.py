@@ -22,7 +22,7 @@ from keras_tuner.src.engine import base_tuner
 from app.atomic import write_json
 from app.config import Config
 from app.data import PreparedData
-from app.fitting import seed_everything
+from app.training.fitting import seed_everything
 from tuning.hypermodels import HYPERBAND_KEYS, ConfigHyperModel
 
 log = logging.getLogger(__name__)

@@ -9,7 +9,7 @@ import numpy as np
 from keras import ops
 from sklearn.utils.class_weight import compute_class_weight
 
-from app.schedules import Schedule
+from app.training.schedules import Schedule
 
 OPTIMIZERS = ("adam", "adamw", "sgd")
 NO_DECAY = ["bias", "gamma", "beta"]  # biases and BatchNorm scales/offsets are not weight-decayed (as in timm)

@@ -1,6 +1,6 @@
 """The one fit path: build and compile a model from a config, then fit it through its stages.
 
-`train()` (app/training.py), the LR finder and every trial of a search (tuning/) use these pieces, each adding only
+`train()` (app/training/run.py), the LR finder and every trial of a search (tuning/) use these pieces, each adding only
 its own callbacks: a run writes checkpoints and history into its run directory, a trial keeps its best weights in
 memory and reports its score to the tuner.
 
@@ -19,13 +19,13 @@ from typing import Any
 import keras
 import tensorflow as tf
 
-from app.callbacks import check_plateau_callbacks, monitor_mode
+from app.training.callbacks import check_plateau_callbacks, monitor_mode
 from app.config import Config, ScheduleConfig
 from app.data import Datasets, PreparedData
 from app.models import create_model, is_backbone
 from app.models.backbones import find_backbone, freeze_backbone, unfreeze_model
-from app.optimization import make_loss_and_metrics, make_optimizer
-from app.schedules import Schedule, make_schedule
+from app.training.optimization import make_loss_and_metrics, make_optimizer
+from app.training.schedules import Schedule, make_schedule
 
 log = logging.getLogger(__name__)
 

@@ -30,7 +30,7 @@ from app.config import Config, ConfigError, dump_config, load_config
 from app.data import load_train_val
 from app.inference.evaluation import classification_metrics
 from app.inference.prediction import TTASpec, predict_images
-from app.training import VAL_PREDICTIONS_FILE, train
+from app.training.run import VAL_PREDICTIONS_FILE, train
 from pipelines.sources import ImageSet
 
 log = logging.getLogger(__name__)

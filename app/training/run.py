@@ -1,6 +1,6 @@
 """`train(config) -> TrainResult`: data -> model -> fit (one or two stages) -> best model, metrics and report.
 
-The fit itself is app/fitting.py (shared with the LR finder and the tuner); this module adds the run directory.
+The fit itself is app/training/fitting.py (shared with the LR finder and the tuner); this module adds the run directory.
 Both stages share it: `history.csv` numbers epochs across them and `model.keras` is the best epoch of either. A run
 interrupted anywhere and started again with the same config continues where it stopped (keras BackupAndRestore,
 per stage).
@@ -31,11 +31,11 @@ import tensorflow as tf
 
 from app import runs
 from app.atomic import atomic_write, write_json, write_text
-from app.callbacks import BestModelCheckpoint, HistoryCSV
+from app.training.callbacks import BestModelCheckpoint, HistoryCSV
 from app.config import Config, dump_config
 from app.data import PreparedData, make_datasets, make_tf_dataset, prepare_data
 from app.devices import is_chief, make_strategy, precision_policy
-from app.fitting import Stage, build_model, compile_model, fit_stages, plan_stages, seed_everything, set_trainable
+from app.training.fitting import Stage, build_model, compile_model, fit_stages, plan_stages, seed_everything, set_trainable
 from app.inference.prediction import predict_probs
 from app.plots import plot_history, plot_lr_schedule
 from app.reports import write_report
