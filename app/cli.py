@@ -227,8 +227,8 @@ def cmd_predict(args: argparse.Namespace) -> int:
 
 def cmd_cv(args: argparse.Namespace) -> int:
     from app.config import load_config
-    from app.training.crossval import cross_validate
     from app.inference.evaluation import SCORE_NAMES
+    from app.training.crossval import cross_validate
 
     if args.folds is not None and args.folds < 2:
         raise ValueError(f"--folds {args.folds}: give at least 2 folds")
@@ -276,8 +276,8 @@ def cmd_plot_lr(args: argparse.Namespace) -> int:
     from app.atomic import OutputExistsError
     from app.config import load_config
     from app.data import load_train_val
-    from app.training.fitting import plan_stages
     from app.plots import plot_lr_schedule
+    from app.training.fitting import plan_stages
 
     config = load_config(args.config, args.overrides)
     output = Path(args.output)

@@ -29,13 +29,14 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 sys.path.insert(0, str(REPO / "benchmarks"))
 
+from search_quality import split_holdout  # noqa: E402
+
 from app.config import load_config  # noqa: E402
-from app.training.crossval import cross_validate  # noqa: E402
 from app.data import load_labeled  # noqa: E402
 from app.inference.evaluation import evaluate_images  # noqa: E402
 from app.runs import load_run, load_runs  # noqa: E402
+from app.training.crossval import cross_validate  # noqa: E402
 from app.training.run import train  # noqa: E402
-from search_quality import split_holdout  # noqa: E402
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -52,8 +52,8 @@ from PIL import Image  # noqa: E402
 
 from app.config import Config, load_config  # noqa: E402
 from app.data import make_datasets, prepare_data  # noqa: E402
-from app.training.fitting import build_model, compile_model, plan_stages, seed_everything  # noqa: E402
 from app.models.geometry import baseline_geometry, shape_problem  # noqa: E402
+from app.training.fitting import build_model, compile_model, plan_stages, seed_everything  # noqa: E402
 from tuning import make_hypermodel, parse_space, search  # noqa: E402
 from tuning.oracles import BayesianOracle, RandomOracle, ValidProposals, make_oracle  # noqa: E402
 from tuning.tuner import SearchTuner  # noqa: E402

@@ -14,9 +14,9 @@ import pytest
 import app.training.crossval as crossval
 from app.cli import main
 from app.config import Config, ConfigError, load_config
-from app.training.crossval import cross_validate
 from app.data import load_train_val
 from app.inference.evaluation import classification_metrics
+from app.training.crossval import cross_validate
 from pipelines.errors import DataError
 
 

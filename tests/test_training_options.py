@@ -17,9 +17,9 @@ import pytest
 
 from app.cli import main
 from app.config import Config, ScheduleConfig, load_config
+from app.models import create_model
 from app.training.fitting import compile_model
 from app.training.lr_finder import find_lr, suggest_lr
-from app.models import create_model
 from app.training.optimization import SparseCategoricalCrossentropySmoothed, class_weights, make_optimizer
 from app.training.run import train
 

@@ -18,13 +18,13 @@ from typing import Any
 import keras
 import keras_tuner as kt
 
-from app.training.callbacks import BestWeights
 from app.config import Config, ConfigError, ConvBlock, from_dict, merge_tree, to_dict
 from app.data import PreparedData, make_datasets
-from app.training.fitting import build_model, compile_model, fit_stages, plan_stages, set_trainable
 from app.inference.evaluation import classification_metrics
 from app.inference.prediction import predict_probs
 from app.models.geometry import baseline_geometry, conv_macs, shape_problem
+from app.training.callbacks import BestWeights
+from app.training.fitting import build_model, compile_model, fit_stages, plan_stages, set_trainable
 from tuning.space import REPORT_OBJECTIVES, Entry, SearchSpace
 
 MIN_BACKBONE_SIZE = 32  # Keras Applications refuse smaller inputs

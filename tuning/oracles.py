@@ -18,11 +18,11 @@ from typing import Any
 import keras_tuner as kt
 import numpy as np
 import scipy.optimize
-from sklearn.exceptions import ConvergenceWarning
 from keras_tuner.src.engine import trial as trial_module
+from sklearn.exceptions import ConvergenceWarning
 
-from app.training.callbacks import monitor_mode
 from app.config import ConfigError, TuneConfig
+from app.training.callbacks import monitor_mode
 
 MAX_REJECTED_IN_A_ROW = 2000
 

@@ -19,11 +19,11 @@ from typing import Any
 import keras
 import tensorflow as tf
 
-from app.training.callbacks import check_plateau_callbacks, monitor_mode
 from app.config import Config, ScheduleConfig
 from app.data import Datasets, PreparedData
 from app.models import create_model, is_backbone
 from app.models.backbones import find_backbone, freeze_backbone, unfreeze_model
+from app.training.callbacks import check_plateau_callbacks, monitor_mode
 from app.training.optimization import make_loss_and_metrics, make_optimizer
 from app.training.schedules import Schedule, make_schedule
 

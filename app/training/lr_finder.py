@@ -17,9 +17,9 @@ import pandas as pd
 from app.atomic import atomic_write, write_json, write_text
 from app.config import Config, dump_config
 from app.data import make_datasets, prepare_data
-from app.training.fitting import build_model, compile_model, plan_stages, seed_everything, set_trainable
 from app.plots import subplots
 from app.runs import CONFIG_FILE, create_run_dir
+from app.training.fitting import build_model, compile_model, plan_stages, seed_everything, set_trainable
 
 
 @dataclass

@@ -31,14 +31,14 @@ import tensorflow as tf
 
 from app import runs
 from app.atomic import atomic_write, write_json, write_text
-from app.training.callbacks import BestModelCheckpoint, HistoryCSV
 from app.config import Config, dump_config
 from app.data import PreparedData, make_datasets, make_tf_dataset, prepare_data
 from app.devices import is_chief, make_strategy, precision_policy
-from app.training.fitting import Stage, build_model, compile_model, fit_stages, plan_stages, seed_everything, set_trainable
 from app.inference.prediction import predict_probs
 from app.plots import plot_history, plot_lr_schedule
 from app.reports import write_report
+from app.training.callbacks import BestModelCheckpoint, HistoryCSV
+from app.training.fitting import Stage, build_model, compile_model, fit_stages, plan_stages, seed_everything, set_trainable
 from pipelines.augment import build_transform, save_transform
 
 __all__ = ["Stage", "TrainResult", "build_model", "compile_model", "plan_stages", "seed_everything", "set_trainable", "train"]
