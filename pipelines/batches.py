@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import copy
 import os
+import random
 import threading
 from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor
@@ -75,6 +76,18 @@ def keep_rows(array: np.ndarray, keep: np.ndarray) -> np.ndarray:
     return array[: len(kept)]
 
 
+def seed_batch(transform: A.BaseCompose, seed: int) -> None:
+    """Start `transform` on the random stream of `seed`: one NumPy and one Python generator, shared by every transform
+    in turn, as Albumentations itself shares them when a Compose has no seed.
+
+    Not `set_random_seed`: it gives each transform its own copy of the same stream, so transforms that draw alike
+    decide alike. With the `medium` preset, flip, affine and brightness were applied together or not at all on the
+    first image of every batch, and two flips of p=0.5 on every image (tests/test_tfdata.py). One shared stream is
+    also 4x cheaper per batch (two generators instead of two per transform)."""
+    seed %= 2**32
+    transform.set_random_state(np.random.default_rng(seed), random.Random(seed))
+
+
 class BatchLoader:
     """Callable (indices, seed) -> uint8 batch; `batches` makes several in one call: the body of the pipeline's
     `tf.numpy_function`."""
@@ -117,7 +130,7 @@ class BatchLoader:
         """The batch for these image indices and this seed; written into `out[:len(indices)]` when given."""
         transform = self._thread_transform()
         if transform is not None:
-            transform.set_random_seed(int(seed) % (2**32))
+            seed_batch(transform, int(seed))
         batch = np.empty((len(indices), *self.image_size, 3), dtype=np.uint8) if out is None else out[: len(indices)]
         for k, index in enumerate(indices):
             image = self.load(int(index))

@@ -4,11 +4,13 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import albumentations as A
 import numpy as np
 import pytest
 import tensorflow as tf
 
 from pipelines.augment import build_transform
+from pipelines.batches import BatchLoader
 from pipelines.sources import from_folder, unlabeled_folder
 from pipelines.tfdata import abandon_dataset, decode_all, make_dataset
 from tests.conftest import COLORS
@@ -46,6 +48,20 @@ def test_same_seed_same_batches_new_epoch_new_augmentation(folder_dataset: Path)
         assert np.array_equal(a, c) and np.array_equal(b, d)
     assert any(not np.array_equal(a[0], b[0]) for a, b in zip(epoch1, epoch2, strict=True))
     assert any(not np.array_equal(a[0], b[0]) for a, b in zip(epoch1, _epoch(build(2)), strict=True))
+
+
+def test_transforms_of_a_batch_decide_independently() -> None:
+    # Two flips of p=0.5 on an image whose four flips all differ: Albumentations' set_random_seed gives each transform
+    # its own copy of one stream, and both flips then decided alike on every image. One shared stream: independent.
+    image = np.arange(4 * 6 * 3, dtype=np.uint8).reshape(4, 6, 3)
+    flips = A.Compose([A.HorizontalFlip(p=0.5), A.VerticalFlip(p=0.5)])
+    loader = BatchLoader(["unused"] * 64, (4, 6), flips, cache=np.repeat(image[None], 64, axis=0))
+    batch = loader(np.arange(64), seed=3)
+    horizontal = np.array([np.array_equal(x, image[:, ::-1]) or np.array_equal(x, image[::-1, ::-1]) for x in batch])
+    vertical = np.array([np.array_equal(x, image[::-1]) or np.array_equal(x, image[::-1, ::-1]) for x in batch])
+    assert 16 <= horizontal.sum() <= 48 and 16 <= vertical.sum() <= 48  # each about half of the 64 images
+    assert 16 <= (horizontal != vertical).sum() <= 48  # decided apart about half the time, never always together
+    assert np.array_equal(batch, loader(np.arange(64), seed=3))  # and still a function of the seed
 
 
 def test_parallel_calls_do_not_change_the_result(folder_dataset: Path) -> None:
