@@ -95,7 +95,7 @@ class RandomOracle(ValidProposals, kt.oracles.RandomSearchOracle):
 
 def default_initial_points(max_trials: int, searched: int) -> int:
     """Random trials before the Gaussian process when tune.initial_points is null: a third of the trials (at least 3),
-    never more than KerasTuner's 3 per searched value. KerasTuner's own default (3 per searched value: 60 or more on
+    never more than KerasTuner's 3 per searched value. KerasTuner's own default (3 per searched value: 60 on
     configs/search.yaml's space) would leave a search of 20 trials random from start to end."""
     return max(3, min(3 * searched, max_trials // 3))
 
