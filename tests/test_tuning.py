@@ -286,9 +286,11 @@ def test_default_initial_points_leave_trials_to_the_gaussian_process(max_trials:
 
 def test_bayesian_default_initial_points_follow_max_trials(tiny_config: Config) -> None:
     oracle = make_oracle(tune_config(tiny_config, "tune.tuner=bayesian", "tune.max_trials=30").tune, seed=0, max_epochs=1)
-    oracle.update_space(kt.HyperParameters())
-    oracle.hyperparameters.Choice("a", [1, 2])
-    assert oracle.initial_points() == default_initial_points(30, 1) == 3
+    space = kt.HyperParameters()
+    for i in range(20):
+        space.Choice(f"h{i}", [1, 2])
+    oracle.update_space(space)
+    assert oracle.initial_points() == default_initial_points(30, 20) == 10  # KerasTuner's own rule: 60, all 30 trials
 
 
 @pytest.mark.parametrize("tuner", ["hyperband", "bayesian", "grid"])
