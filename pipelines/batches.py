@@ -83,7 +83,7 @@ def seed_batch(transform: A.BaseCompose, seed: int) -> None:
     Not `set_random_seed`: it gives each transform its own copy of the same stream, so transforms that draw alike
     decide alike. With the `medium` preset, flip, affine and brightness were applied together or not at all on the
     first image of every batch, and two flips of p=0.5 on every image (tests/test_tfdata.py). One shared stream is
-    also 4x cheaper per batch (two generators instead of two per transform)."""
+    also cheaper: two generators per batch instead of two per transform (12 against 58 us for `medium`)."""
     seed %= 2**32
     transform.set_random_state(np.random.default_rng(seed), random.Random(seed))
 
