@@ -13,46 +13,55 @@ import pytest
 from app.models import create_model, list_models
 from app.models.backbones import BACKBONES, backbone_blocks, find_backbone, freeze_backbone, get_spec, make_backbone, unfreeze_model
 
-SIZE = 32
+SIZE = 32  # every family but Xception (71 pixels at least)
 # The smallest of each family runs in the default suite; the full registry in the slow one (minutes of CPU).
-FAST = ["vgg16", "resnet50", "resnet50v2", "efficientnetb0", "efficientnetv2b0"]
+FAST = ["vgg16", "resnet50", "resnet50v2", "efficientnetb0", "efficientnetv2b0", "xception", "mobilenetv2", "mobilenetv3small"]
 ALL = [pytest.param(n, marks=() if n in FAST else pytest.mark.slow) for n in BACKBONES]
 
 
-def _batch(n: int = 4, classes: int = 3) -> tuple[np.ndarray, np.ndarray]:
+def _size(name: str) -> int:
+    return max(SIZE, get_spec(name).min_size)
+
+
+def _batch(n: int = 4, classes: int = 3, size: int = SIZE) -> tuple[np.ndarray, np.ndarray]:
     rng = np.random.default_rng(0)
-    return rng.integers(0, 256, (n, SIZE, SIZE, 3), dtype=np.uint8), np.arange(n) % classes
+    return rng.integers(0, 256, (n, size, size, 3), dtype=np.uint8), np.arange(n) % classes
 
 
 def test_registry_covers_the_issue_list():
     expected = {"vgg16", "vgg19", "resnet50", "resnet101", "resnet152", "resnet50v2", "resnet101v2", "resnet152v2"}
     expected |= {f"efficientnetb{i}" for i in range(8)} | {f"efficientnetv2{v}" for v in ("b0", "b1", "b2", "b3", "s", "m", "l")}
+    expected |= {"xception", "mobilenetv2", "mobilenetv3small", "mobilenetv3large", "convnexttiny", "densenet121"}
     assert set(BACKBONES) == expected
     assert list_models()[0] == "baseline_cnn" and set(list_models()[1:]) == expected
+    assert (get_spec("xception").native_size, get_spec("xception").min_size) == (299, 71)
 
 
 @pytest.mark.parametrize("name", ALL)
 def test_backbone_builds_trains_saves_reloads(name: str, tmp_path: Path):
-    model = create_model(name, input_shape=(SIZE, SIZE, 3), num_classes=3, weights=None)
+    size = _size(name)
+    model = create_model(name, input_shape=(size, size, 3), num_classes=3, weights=None)
     assert model.input.dtype == "uint8" and model.output.shape == (None, 3)
     freeze_backbone(model)
     model.compile(optimizer="adam", loss="sparse_categorical_crossentropy")
-    x, y = _batch()
+    x, y = _batch(size=size)
     before = [w.copy() for w in model.get_layer("predictions").get_weights()]
     logs = model.train_on_batch(x, y, return_dict=True)
     assert np.isfinite(logs["loss"])
-    assert not np.allclose(before[0], model.get_layer("predictions").get_weights()[0])  # the head learned
+    # The head learned. Its bias, not its kernel: a frozen random backbone can output all but zeros (MobileNetV2: 1e-13).
+    assert not np.allclose(before[1], model.get_layer("predictions").get_weights()[1])
     model.save(tmp_path / "m.keras")
     loaded = keras.saving.load_model(tmp_path / "m.keras", safe_mode=True)
     np.testing.assert_allclose(loaded.predict(x, verbose=0), model.predict(x, verbose=0), rtol=1e-4, atol=1e-5)
 
 
-@pytest.mark.parametrize("name", FAST)
+@pytest.mark.parametrize("name", [*FAST, "densenet121", "convnexttiny"])  # every preprocessing mode: caffe, tf, torch, none
 def test_preprocessing_inside_the_model_is_the_backbones_own(name: str):
     """The model fed uint8 gives the backbone exactly keras.applications.<family>.preprocess_input(float image)."""
-    model = create_model(name, input_shape=(SIZE, SIZE, 3), num_classes=2, weights=None)
+    size = _size(name)
+    model = create_model(name, input_shape=(size, size, 3), num_classes=2, weights=None)
     backbone = find_backbone(model)
-    x, _ = _batch(2)
+    x, _ = _batch(2, size=size)
     features = keras.Model(model.input, model.get_layer("avg_pool").input)
     expected = backbone(get_spec(name).preprocess_input(x.astype("float32")))
     np.testing.assert_allclose(np.asarray(features(x)), np.asarray(expected), rtol=1e-5, atol=1e-5)
@@ -70,12 +79,18 @@ def test_names_are_forgiving():
         ("resnet50", "stem", "conv5_block3", 17),  # stem + 16 residual units
         ("resnet50v2", "stem", "top", 18),
         ("efficientnetb0", "stem", "top", 18),  # stem + 16 MBConv blocks + top
+        ("xception", "stem", "block14", 15),  # the input, then blocks 1-14 (each residual shortcut with its block)
+        ("mobilenetv2", "stem", "top", 19),  # stem + expanded_conv + block_1..16 + top
+        ("mobilenetv3small", "stem", "top", 13),  # stem + expanded_conv + expanded_conv_1..10 + top
+        ("convnexttiny", "stem", "top", 20),  # stem + 3, 3, 9, 3 blocks per stage + the final LayerNormalization
+        ("densenet121", "stem", "top", 60),  # stem + 6, 12, 24, 16 dense layers + the final BN and ReLU
     ],
 )
 def test_block_structure(name: str, first: str, last: str, count: int):
-    blocks = backbone_blocks(make_backbone(name, (SIZE, SIZE, 3), weights=None))
+    size = _size(name)
+    blocks = backbone_blocks(make_backbone(name, (size, size, 3), weights=None))
     assert blocks[0][0] == first and blocks[-1][0] == last and len(blocks) == count
-    backbone = make_backbone(name, (SIZE, SIZE, 3), weights=None)
+    backbone = make_backbone(name, (size, size, 3), weights=None)
     assert sum(len(layers) for _, layers in backbone_blocks(backbone)) == len(backbone.layers)
 
 
@@ -147,6 +162,8 @@ def test_unknown_backbone_lists_valid_ones():
 def test_input_too_small():
     with pytest.raises(ValueError, match=r"efficientnetb0 needs inputs of at least 32x32 pixels, got 16x16.*data.image_size"):
         create_model("efficientnetb0", input_shape=(16, 16, 3), num_classes=2, weights=None)
+    with pytest.raises(ValueError, match=r"xception needs inputs of at least 71x71 pixels, got 64x64.*trained at 299"):
+        create_model("xception", input_shape=(64, 64, 3), num_classes=2, weights=None)
 
 
 @pytest.mark.parametrize("suffix", [".weights.h5", ".keras"])

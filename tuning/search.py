@@ -27,6 +27,7 @@ from app import runs
 from app.atomic import write_json, write_text
 from app.config import Config, ConfigError, ConvBlock, dump_config, load_config
 from app.data import PreparedData, load_train_val, prepare_data
+from app.models.backbones import get_spec
 from app.models.geometry import baseline_geometry, shape_problem
 from tuning import distributed, results
 from tuning.hypermodels import HYPERBAND_KEYS, make_hypermodel
@@ -71,8 +72,13 @@ def check_space(config: Config, space: SearchSpace) -> None:
     network it allows (fewest blocks, smallest strides and kernels, no pooling where allowed) must pass."""
     if space.backbone:
         sizes = space["image_size"].candidates() if space["image_size"] else [config.data.image_size]
-        if max(sizes) < 32:
-            raise ConfigError(f"config key tune.space.image_size: pretrained backbones need 32 pixels at least, and the largest choice is {max(sizes)}")
+        names = space["backbone"].candidates() if space["backbone"] else [config.model.name]
+        smallest = min(get_spec(name).min_size for name in names)
+        if max(sizes) < smallest:
+            raise ConfigError(
+                f"config key tune.space.image_size: {', '.join(names)} need{'s' if len(names) == 1 else ''} {smallest} pixels at least, "
+                f"and the largest choice is {max(sizes)}"
+            )
         return
     base = config.model.blocks
 

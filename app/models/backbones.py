@@ -24,7 +24,7 @@ from keras import layers, ops
 
 from app.models.baseline import batch_norm
 
-MIN_SIZE = 32  # Keras Applications without their top accept nothing smaller
+MIN_SIZE = 32  # Keras Applications without their top accept nothing smaller (Xception: 71)
 
 
 @dataclass(frozen=True)
@@ -32,29 +32,49 @@ class BackboneSpec:
     """What the registry knows about one Keras Applications architecture."""
 
     name: str  # canonical registry name, e.g. "resnet50v2"
-    family: str  # vgg | resnet | resnet_v2 | efficientnet | efficientnet_v2
+    family: str  # a key of PREPROCESS_MODES: vgg | resnet | resnet_v2 | efficientnet | ... | densenet
     constructor: Callable[..., keras.Model]
     preprocess_input: Callable  # keras.applications.<family>.preprocess_input: float RGB 0-255 in
     native_size: int  # input size the ImageNet weights were trained at
     block_pattern: str  # regex whose group 1, matched on a layer name, names the block the layer belongs to
+    min_size: int = MIN_SIZE  # smallest input side the architecture accepts without its top
 
 
 _APPS = keras.applications
 # What each family's preprocess_input does to float RGB 0-255 (keras.applications.imagenet_utils): "caffe" turns it
-# into BGR minus the ImageNet mean, "tf" scales it to [-1, 1], "none" passes it on (EfficientNets rescale inside).
-PREPROCESS_MODES = {"vgg": "caffe", "resnet": "caffe", "resnet_v2": "tf", "efficientnet": "none", "efficientnet_v2": "none"}
+# into BGR minus the ImageNet mean, "tf" scales it to [-1, 1], "torch" to [0, 1] then standardizes by the ImageNet
+# mean and deviation per channel, "none" passes it on (EfficientNets, MobileNetV3 and ConvNeXt rescale inside).
+PREPROCESS_MODES = {
+    "vgg": "caffe",
+    "resnet": "caffe",
+    "resnet_v2": "tf",
+    "efficientnet": "none",
+    "efficientnet_v2": "none",
+    "xception": "tf",
+    "mobilenet_v2": "tf",
+    "mobilenet_v3": "none",
+    "convnext": "none",
+    "densenet": "torch",
+}
 CAFFE_MEAN_BGR = (103.939, 116.779, 123.68)
+TORCH_MEAN_RGB = (0.485, 0.456, 0.406)
+TORCH_STD_RGB = (0.229, 0.224, 0.225)
 _BLOCKS = {
     "vgg": r"^(block\d+)_",
     "resnet": r"^(conv\d+_block\d+)_",
     "resnet_v2": r"^(conv\d+_block\d+)_",
     "efficientnet": r"^(block\d+[a-z])_",
     "efficientnet_v2": r"^(block\d+[a-z])_",
+    "xception": r"^(block\d+)_",  # entry flow block1-4, middle flow 5-12, exit flow 13-14
+    "mobilenet_v2": r"^(expanded_conv|block_\d+)_",  # inverted residual blocks 0 (expanded_conv) to 16
+    "mobilenet_v3": r"^(expanded_conv(?:_\d+)?)_",
+    "convnext": r"^convnext\w*?_(stage_\d+_block_\d+)_",
+    "densenet": r"^(conv\d+_block\d+)_",  # dense layers; each transition (pool2_conv, ...) stays with the block before
 }
 
 
-def _spec(constructor: Callable, family: str, module: object, size: int) -> BackboneSpec:
-    return BackboneSpec(constructor.__name__.lower(), family, constructor, module.preprocess_input, size, _BLOCKS[family])
+def _spec(constructor: Callable, family: str, module: object, size: int, min_size: int = MIN_SIZE) -> BackboneSpec:
+    return BackboneSpec(constructor.__name__.lower(), family, constructor, module.preprocess_input, size, _BLOCKS[family], min_size)
 
 
 BACKBONES: dict[str, BackboneSpec] = {
@@ -83,6 +103,12 @@ BACKBONES: dict[str, BackboneSpec] = {
         _spec(_APPS.EfficientNetV2S, "efficientnet_v2", _APPS.efficientnet_v2, 384),
         _spec(_APPS.EfficientNetV2M, "efficientnet_v2", _APPS.efficientnet_v2, 480),
         _spec(_APPS.EfficientNetV2L, "efficientnet_v2", _APPS.efficientnet_v2, 480),
+        _spec(_APPS.Xception, "xception", _APPS.xception, 299, min_size=71),
+        _spec(_APPS.MobileNetV2, "mobilenet_v2", _APPS.mobilenet_v2, 224),
+        _spec(_APPS.MobileNetV3Small, "mobilenet_v3", _APPS.mobilenet_v3, 224),
+        _spec(_APPS.MobileNetV3Large, "mobilenet_v3", _APPS.mobilenet_v3, 224),
+        _spec(_APPS.ConvNeXtTiny, "convnext", _APPS.convnext, 224),
+        _spec(_APPS.DenseNet121, "densenet", _APPS.densenet, 224),
     ]
 }
 
@@ -110,6 +136,9 @@ def preprocess_layers(name: str) -> list[layers.Layer]:
         return [layers.Rescaling(1 / 127.5, offset=-1.0, name="preprocess")]
     if mode == "none":
         return [layers.Rescaling(1.0, name="preprocess")]
+    if mode == "torch":
+        scale = [1 / (255.0 * s) for s in TORCH_STD_RGB]
+        return [layers.Rescaling(scale, offset=[-m / s for m, s in zip(TORCH_MEAN_RGB, TORCH_STD_RGB)], name="preprocess")]
     mean_rgb = [-m for m in reversed(CAFFE_MEAN_BGR)]
     to_bgr = layers.Conv2D(3, 1, use_bias=False, trainable=False, name="rgb_to_bgr")
     to_bgr.build((None, None, None, 3))
@@ -184,14 +213,16 @@ def make_backbone(name: str, input_shape: tuple[int, int, int], weights: str | o
     """The Keras Applications model `name` without its top, with `weights`: "imagenet", a local file, or None."""
     spec = get_spec(name)
     height, width, channels = input_shape
-    if min(height, width) < MIN_SIZE:
+    if min(height, width) < spec.min_size:
         raise ValueError(
-            f"{spec.name} needs inputs of at least {MIN_SIZE}x{MIN_SIZE} pixels, got {height}x{width}. "
+            f"{spec.name} needs inputs of at least {spec.min_size}x{spec.min_size} pixels, got {height}x{width}. "
             f"Fix: raise data.image_size (its ImageNet weights were trained at {spec.native_size})."
         )
     if channels != 3:
         raise ValueError(f"{spec.name} takes RGB images (3 channels), got {channels}")
     kwargs = {"include_top": False, "input_shape": tuple(input_shape)}
+    if spec.family == "mobilenet_v2":  # it names itself by width and size ("mobilenetv2_1.00_224"); blocks are found by name
+        kwargs["name"] = spec.name
     if weights == "imagenet":
         try:
             return spec.constructor(weights="imagenet", **kwargs)
