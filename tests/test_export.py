@@ -75,15 +75,16 @@ def test_a_runs_model_loads_in_plain_keras(trained_run: Path, tmp_path: Path) ->
     np.testing.assert_allclose(got[trained_run / "model.keras"], run.model.predict(x, verbose=0), atol=1e-6)
 
 
-FAMILIES = ["vgg16", "resnet50", "resnet50v2", "efficientnetb0", "efficientnetv2b0"]
+FAMILIES = ["vgg16", "resnet50", "resnet50v2", "efficientnetb0", "efficientnetv2b0", "xception", "mobilenetv2", "mobilenetv3small", "convnexttiny", "densenet121"]
 
 
 @pytest.mark.slow
 def test_every_backbone_family_loads_in_plain_keras(tmp_path: Path) -> None:
-    x = _batch(2)
     saved, expected = {}, {}
     for name in FAMILIES:
-        model = create_model(name, input_shape=(32, 32, 3), num_classes=3, weights=None)
+        size = max(32, get_spec(name).min_size)
+        x = _batch(2, size)
+        model = create_model(name, input_shape=(size, size, 3), num_classes=3, weights=None)
         path = tmp_path / f"{name}.keras"
         portable_model(model).save(path)
         saved[path], expected[path] = x, model.predict(x, verbose=0)
@@ -93,14 +94,15 @@ def test_every_backbone_family_loads_in_plain_keras(tmp_path: Path) -> None:
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("name", ["resnet50", "efficientnetb0"])
+@pytest.mark.parametrize("name", ["resnet50", "efficientnetb0", "xception"])
 def test_backbone_exports_run_in_their_engines(name: str, tmp_path: Path) -> None:
     """EfficientNet's Normalization constants once became extra ONNX inputs that onnxruntime refused; the caffe
     families carry the channel-swap convolution. Every engine gives the model's probabilities."""
-    config = load_config(overrides=[f"model.name={name}", "data.image_size=32", "model.weights=null"])
-    model = create_model(name, input_shape=(32, 32, 3), num_classes=3, weights=None)
+    size = max(32, get_spec(name).min_size)
+    config = load_config(overrides=[f"model.name={name}", f"data.image_size={size}", "model.weights=null"])
+    model = create_model(name, input_shape=(size, size, 3), num_classes=3, weights=None)
     run = Run(tmp_path, config, model, ["a", "b", "c"], False)
-    x = _batch(4)
+    x = _batch(4, size)
     expected = model.predict(x, verbose=0)
     for fmt in ("saved_model", "tflite", "onnx"):
         got = load_exported(export_run(run, fmt))(x)
@@ -113,8 +115,8 @@ def test_a_model_saved_with_the_legacy_preprocess_layer_becomes_portable(name: s
     current = create_model(name, input_shape=(32, 32, 3), num_classes=2, weights=None)
     inputs = keras.Input((32, 32, 3), dtype="uint8", name="image")
     legacy = keras.Model(inputs, current.get_layer("predictions")(
-        current.get_layer("head_dropout")(current.get_layer("head_bn")(current.get_layer("avg_pool")(
-            find_backbone(current)(BackbonePreprocess(name, name="preprocess")(inputs)))))), name=current.name)
+        current.get_layer("head_dropout")(current.get_layer("avg_pool")(
+            find_backbone(current)(BackbonePreprocess(name, name="preprocess")(inputs))))), name=current.name)
     portable = portable_model(legacy)
     assert not any(isinstance(layer, BackbonePreprocess) for layer in portable.layers)
     x = _batch(2)

@@ -24,15 +24,6 @@ REPO = Path(__file__).resolve().parents[1]
 
 
 @pytest.fixture
-def weights_file(tmp_path: Path) -> Path:
-    """VGG16 backbone weights saved to a local file: the stand-in for ImageNet weights, which cannot be downloaded here."""
-    keras.utils.set_random_seed(1)
-    path = tmp_path / "vgg16_backbone.weights.h5"
-    make_backbone("vgg16", (SIZE, SIZE, 3), weights=None).save_weights(path)
-    return path
-
-
-@pytest.fixture
 def vgg_config(tiny_config: Config, weights_file: Path) -> Config:
     return load_config(
         overrides=[

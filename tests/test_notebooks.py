@@ -12,9 +12,10 @@ import nbformat
 import pytest
 from nbclient import NotebookClient
 
-from tests.conftest import require_shared
+from tests.conftest import require_shared, require_xception_weights
 
-NEEDS_SHARED = {"04_kaggle.ipynb": ("dog-breed",)}  # real photos beside the repository: skipped where absent
+NEEDS_SHARED = {"04_kaggle.ipynb": ("dog-breed",), "06_finetune.ipynb": ("hymenoptera",)}  # real photos beside the repository: skipped where absent
+NEEDS_WEIGHTS = {"06_finetune.ipynb"}  # Keras' Xception ImageNet weights, fetched by ../shared/weights/xception_imagenet.py
 NOTEBOOKS = sorted((Path(__file__).resolve().parents[1] / "notebooks").glob("*.ipynb"))
 
 
@@ -23,6 +24,8 @@ NOTEBOOKS = sorted((Path(__file__).resolve().parents[1] / "notebooks").glob("*.i
 def test_notebook_runs(notebook: Path) -> None:
     if notebook.name in NEEDS_SHARED:
         require_shared(*NEEDS_SHARED[notebook.name])
+    if notebook.name in NEEDS_WEIGHTS:
+        require_xception_weights()
     nb = nbformat.read(notebook, as_version=4)
     nb.cells.append(nbformat.v4.new_code_cell("import os\nassert os.path.isfile(path), path\nprint('output ok:', path)"))
     NotebookClient(nb, timeout=1200, kernel_name="python3", resources={"metadata": {"path": str(notebook.parent)}}).execute()

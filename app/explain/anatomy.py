@@ -63,7 +63,7 @@ def _shape_text(shape: tuple) -> tuple[str, str]:
 def _walk(model: keras.Model, inbound: _Geo, prefix: str, rows: list[LayerRow]) -> _Geo:
     """Rows for `model`'s layers (recursing into nested models); returns the geometry of its output."""
     geos: dict[int, _Geo] = {}
-    for layer in model.layers:
+    for layer in model.operations:  # layers and the plain ops between them (MobileNetV3's hard sigmoid: relu6(x + 3) / 6)
         parents = _parents(layer)
         known = [geos[id(p)] for p in parents if id(p) in geos]
         if not known:  # an input layer (of this model, or of a nested model fed by the outer graph)
@@ -72,6 +72,9 @@ def _walk(model: keras.Model, inbound: _Geo, prefix: str, rows: list[LayerRow]) 
             widest = max((g.size or 0) for g in known)
             along = [g for g in known if (g.size or 0) == widest]
             geo = _Geo(widest or None, max(g.receptive_field for g in along), max(g.jump for g in along))
+        if not isinstance(layer, keras.layers.Layer):  # an op: passes the geometry on, and is no row of the table
+            geos[id(layer)] = geo
+            continue
         if isinstance(layer, keras.Model):
             geo = _walk(layer, geo, f"{prefix}{layer.name}/", rows)
             geos[id(layer)] = geo
@@ -81,6 +84,8 @@ def _walk(model: keras.Model, inbound: _Geo, prefix: str, rows: list[LayerRow]) 
         if op is not None and geo.size is not None:
             step = advance(op, geo.size, geo.receptive_field, geo.jump)
             geo = _Geo(step.output_size, step.receptive_field, step.jump)
+        elif type(layer).__name__.startswith("Global") and _is_map(shape):  # global pooling with keepdims (MobileNetV3's SE): 1x1
+            geo = _Geo(1, geo.receptive_field, geo.jump)
         elif not _is_map(shape):
             geo = _Geo(None, geo.receptive_field, geo.jump)  # pooled or flattened away
         elif geo.size is None:  # a map again (a squeeze-and-excitation reshape to 1×1)

@@ -13,6 +13,7 @@ import numpy as np
 import pandas as pd
 
 from app.atomic import atomic_write, write_json
+from app.models.backbones import whole_model
 from app.models.portable import portable_model
 
 
@@ -48,7 +49,7 @@ class BestModelCheckpoint(keras.callbacks.Callback):
             raise KeyError(f"train.monitor={self.monitor!r} is not among the logged metrics {sorted(logs or {})}")
         if self.best is None or self.better(value, self.best):
             self.best, self.best_epoch = float(value), epoch + 1
-            atomic_write(self.filepath, lambda tmp: portable_model(self.model).save(tmp))
+            atomic_write(self.filepath, lambda tmp: portable_model(whole_model(self.model)).save(tmp))
             if self.state_path:
                 write_json(self.state_path, {"monitor": self.monitor, "best": self.best, "best_epoch": self.best_epoch})
 
@@ -119,8 +120,8 @@ class BestWeights(keras.callbacks.Callback):
         if self.best is None or (np.isfinite(value) and self.better(value, self.best)):
             self.best, self.best_epoch = float(value), epoch + 1
             self.best_logs = {k: float(v) for k, v in logs.items()}
-            self._weights = self.model.get_weights()
+            self._weights = whole_model(self.model).get_weights()
 
     def restore(self) -> None:
         if self._weights is not None:
-            self.model.set_weights(self._weights)
+            whole_model(self.model).set_weights(self._weights)

@@ -4,7 +4,8 @@
 its own callbacks: a run writes checkpoints and history into its run directory, a trial keeps its best weights in
 memory and reports its score to the tuner.
 
-Stage 1 (`train`) trains the whole baseline CNN, or the head of a pretrained backbone kept frozen. Stage 2
+Stage 1 (`train`) trains the whole baseline CNN, or the head of a pretrained backbone kept frozen (by default on the
+backbone's features computed once: app/training/features.py). Stage 2
 (`finetune`, when finetune.epochs > 0) unfreezes the top of the backbone, BatchNorm layers staying frozen, and
 recompiles at a lower rate, starting from the best weights of stage 1.
 """
@@ -24,6 +25,7 @@ from app.data import Datasets, PreparedData
 from app.models import create_model, is_backbone
 from app.models.backbones import find_backbone, freeze_backbone, unfreeze_model
 from app.training.callbacks import check_plateau_callbacks, monitor_mode
+from app.training.features import head_on_features, uses_cached_features
 from app.training.optimization import make_loss_and_metrics, make_optimizer
 from app.training.schedules import Schedule, make_schedule
 
@@ -152,14 +154,17 @@ def fit_stages(
         set_trainable(model, stage, config)
         if stage.name != "train" and restore_best is not None:
             restore_best()  # stage 2 starts from the best weights of stage 1
+        fitted, train_data, val_data = model, datasets.train, datasets.val
+        if uses_cached_features(model, config, stage.name, strategy.num_replicas_in_sync):
+            fitted, train_data, val_data = head_on_features(model, config, data, datasets)  # the head alone, on features computed once
         with strategy.scope():
-            compile_model(model, config, stage.lr, data.multilabel)
+            compile_model(fitted, config, stage.lr, data.multilabel)
         stage_cbs = [*(stage_callbacks(stage) if stage_callbacks else []), *callbacks, *standard_callbacks(config, stage, epoch)]
-        check_plateau_callbacks(stage_cbs, model.optimizer, stage.schedule.name)
-        model._initial_epoch = None  # a restore in an earlier stage's fit must not carry over (Keras keeps it on the model)
-        history = model.fit(
-            datasets.train,
-            validation_data=datasets.val,
+        check_plateau_callbacks(stage_cbs, fitted.optimizer, stage.schedule.name)
+        fitted._initial_epoch = None  # a restore in an earlier stage's fit must not carry over (Keras keeps it on the model)
+        history = fitted.fit(
+            train_data,
+            validation_data=val_data,
             initial_epoch=epoch,
             epochs=epoch + stage.epochs,
             class_weight=data.class_weight,
@@ -167,7 +172,7 @@ def fit_stages(
             verbose=config.train.verbose,
             shuffle=False,  # the dataset shuffles
         )
-        restored = model._initial_epoch  # set by BackupAndRestore when it resumed this stage
+        restored = fitted._initial_epoch  # set by BackupAndRestore when it resumed this stage
         if history.epoch:
             last = history.epoch[-1] + 1
         else:  # resumed after its last epoch was saved but before the stage was marked done: nothing left to run
