@@ -151,7 +151,8 @@ def run_keras_io(train_dir: Path, holdout_dir: Path, budget: float, seed: int, q
     model.fit(train_ds.prefetch(2), validation_data=val_ds.prefetch(2), epochs=head_epochs, callbacks=[timer, ShareOfBudget(started + budget / 3)], verbose=0)
     base.trainable = True
     model.compile(keras.optimizers.Adam(1e-5), "sparse_categorical_crossentropy", metrics=["accuracy"])
-    model.fit(train_ds.prefetch(2), validation_data=val_ds.prefetch(2), epochs=1 if quick else 10_000, callbacks=[timer, ShareOfBudget(started + budget)], verbose=0)
+    finetune_epochs = 1 if quick else 10_000  # until the budget ends
+    model.fit(train_ds.prefetch(2), validation_data=val_ds.prefetch(2), epochs=finetune_epochs, callbacks=[timer, ShareOfBudget(started + budget)], verbose=0)
     seconds = time.perf_counter() - started
     index = {name: i for i, name in enumerate(names)}
     files = sorted(p for p in holdout_dir.glob("*/*") if p.parent.name in index)
@@ -174,9 +175,11 @@ def compare(args: argparse.Namespace, work: Path) -> dict[str, Any]:
         train_dir, holdout_dir = make_set(name, work, args.holdout, args.seed, 120 if args.quick else None)
         toolkit = run_toolkit(train_dir, holdout_dir, work / "runs", args.seed, args.overrides, args.quick)
         plain = run_keras_io(train_dir, holdout_dir, toolkit["seconds"], args.seed, args.quick)
-        rows[name] = {"toolkit": toolkit, "keras_io": plain, "toolkit_wins": toolkit["accuracy"] > plain["accuracy"] and toolkit["log_loss"] < plain["log_loss"]}
-        print(f"{name} ({SIZE} px): toolkit {toolkit['accuracy']:.4f} acc, {toolkit['log_loss']:.3f} log-loss, {toolkit['seconds']:.0f} s {toolkit['stages']} | "
-              f"keras-io {plain['accuracy']:.4f}, {plain['log_loss']:.3f}, {plain['seconds']:.0f} s {plain['stages']}", flush=True)  # fmt: skip
+        wins = toolkit["accuracy"] > plain["accuracy"] and toolkit["log_loss"] < plain["log_loss"]
+        rows[name] = {"toolkit": toolkit, "keras_io": plain, "toolkit_wins": wins}
+        print(f"{name} ({SIZE} px): toolkit {toolkit['accuracy']:.4f} acc, {toolkit['log_loss']:.3f} log-loss, {toolkit['seconds']:.0f} s "
+              f"{toolkit['stages']} | keras-io {plain['accuracy']:.4f}, {plain['log_loss']:.3f}, {plain['seconds']:.0f} s {plain['stages']}",
+              flush=True)  # fmt: skip
     return rows
 
 

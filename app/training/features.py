@@ -66,7 +66,8 @@ def _memo_key(config: Config) -> tuple | None:
     if config.model.weights is None:
         return None
     dc, tc = config.data, config.train
-    return (config.model.name, str(config.model.weights), dc.image_size, dc.batch_size, config.augment.train, config.augment.eval, tc.feature_views, config.seed)
+    augment = config.augment
+    return (config.model.name, str(config.model.weights), dc.image_size, dc.batch_size, augment.train, augment.eval, tc.feature_views, config.seed)
 
 
 def compute_features(extractor: keras.Model, config: Config, data: PreparedData, val_dataset: tf.data.Dataset | None) -> Features:
