@@ -1,16 +1,16 @@
 """Command-line interface: a thin face over app.training.run, app.inference.evaluation, app.inference.prediction and app.demo.
 
     imgclf demo                                   # digits: train, score the hold-out set, write submission.csv
-    imgclf train -c configs/example.yaml --set train.epochs=5
+    imgclf train my_images/ [-c finetune] --set train.epochs=5
     imgclf evaluate runs/<run> [--data labeled.csv]
     imgclf predict runs/<run> --test sample_submission.csv --output submission.csv
-    imgclf cv -c config.yaml --folds 5                # k-fold CV: a run per fold, oof.csv, cv.json (app/training/crossval.py)
+    imgclf cv my_images/ --folds 5                   # k-fold CV: a run per fold, oof.csv, cv.json (app/training/crossval.py)
     imgclf predict runs/<cv> [runs/<run> ...] --tta flip   # ensemble of folds / runs with test-time augmentation
     imgclf models [--blocks resnet50]                # registered architectures, or one backbone's blocks
     imgclf config -c config.yaml --set train.epochs=5  # the resolved config, every default included
     imgclf plot-lr -c config.yaml                    # the learning rate per step, before any training
     imgclf find-lr -c config.yaml                    # LR range test: loss vs learning rate, a suggested rate
-    imgclf tune -c configs/search.yaml [--then-train] # architecture / hyperparameter search (tuning/)
+    imgclf tune my_images/ -c search [--then-train]  # architecture / hyperparameter search (tuning/)
     imgclf explain runs/<run> anatomy|feature-maps IMAGE|gradcam [--mistakes]   # what the model computes (app/explain/)
     imgclf export runs/<run> --format saved_model tflite --check                 # for use elsewhere (app/inference/export.py)
 """
@@ -18,6 +18,7 @@
 from __future__ import annotations
 
 import argparse
+import importlib.util
 import json
 import logging
 import os
@@ -27,20 +28,24 @@ from pathlib import Path
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")  # keep TensorFlow's C++ start-up chatter out of the way
 
+from app.config import shipped_configs  # noqa: E402  (YAML only: --help stays fast)
+
 log = logging.getLogger("imgclf")
 EXPORT_FORMATS = ("keras", "saved_model", "tflite", "onnx")  # app.inference.export.FORMATS, without importing TensorFlow for --help
 
 EPILOG = """examples:
   imgclf demo
-  imgclf train -c configs/example.yaml --set data.train=path/to/folder --set train.epochs=10
+  imgclf train path/to/folder
+  imgclf train path/to/folder -c example --set train.epochs=10
   imgclf evaluate runs/20260101-120000-baseline_cnn
   imgclf predict runs/20260101-120000-baseline_cnn --test data/sample_submission.csv
-  imgclf cv -c configs/example.yaml --set data.train=path/to/folder --folds 5
+  imgclf cv path/to/folder --folds 5
   imgclf predict runs/20260101-120000-cv-baseline_cnn --tta flip --test data/sample_submission.csv
-  imgclf train -c configs/finetune.yaml --set data.train=path/to/folder
-  imgclf plot-lr -c configs/finetune.yaml --steps-per-epoch 100
-  imgclf find-lr -c configs/finetune.yaml --set data.train=path/to/folder
-  imgclf tune -c configs/search.yaml --set data.train=path/to/folder --set tune.max_trials=20 --then-train
+  imgclf train path/to/folder -c finetune
+  imgclf plot-lr -c finetune --steps-per-epoch 100
+  imgclf find-lr path/to/folder -c finetune
+  imgclf tune path/to/folder -c search --set tune.max_trials=20 --then-train
+  imgclf init my_configs/
   imgclf explain runs/20260101-120000-baseline_cnn gradcam --mistakes
   imgclf export runs/20260101-120000-baseline_cnn --format saved_model --check
 
@@ -56,17 +61,22 @@ def build_parser() -> argparse.ArgumentParser:
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    shipped = ", ".join(shipped_configs())
 
     def overrides(p: argparse.ArgumentParser) -> None:
         p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE", help="override a config value, e.g. train.epochs=5 (repeatable)")
+
+    def config_args(p: argparse.ArgumentParser, what: str = "the training images") -> None:
+        p.add_argument("data", nargs="?", help=f"{what}: a folder of <class>/<image> sub-folders, or a CSV (data.train; default: the config's)")
+        p.add_argument("-c", "--config", help=f"a YAML file, or a shipped config: {shipped} (default: the built-in defaults, `imgclf config`)")
+        overrides(p)
 
     demo = sub.add_parser("demo", help="train on the built-in digits dataset and write a submission (a few minutes on a CPU)")
     demo.add_argument("--cache-dir", help="where the digits are exported (default: $IMGCLF_CACHE or ~/.cache/imgclf)")
     overrides(demo)
 
-    train = sub.add_parser("train", help="train a model from a YAML config; writes a new run directory")
-    train.add_argument("-c", "--config", help="YAML config file (see configs/example.yaml); defaults apply to anything unset")
-    overrides(train)
+    train = sub.add_parser("train", help="train a model on a folder or CSV (and a config); writes a new run directory")
+    config_args(train)
 
     def tta(p: argparse.ArgumentParser) -> None:
         p.add_argument("--tta", metavar="SPEC", help="test-time augmentation: none, flip, flip+crops or an albumentations .yaml (default: the run's augment.tta)")
@@ -91,8 +101,7 @@ def build_parser() -> argparse.ArgumentParser:
     predict.add_argument("--force", action="store_true", help="overwrite an existing output file")
 
     cv = sub.add_parser("cv", help="k-fold cross-validation: one run per fold, out-of-fold predictions and score (resumes an interrupted one)")
-    cv.add_argument("-c", "--config", help="YAML config file")
-    overrides(cv)
+    config_args(cv)
     cv.add_argument("--folds", type=int, help="number of folds (default: data.folds, else 5)")
     cv.add_argument("--metric", help="the score printed (default: accuracy; multi-label: mean_column_auc); cv.json has them all")
     cv.add_argument("--restart", action="store_true", help="start a new cross-validation even if an interrupted one of this config exists")
@@ -101,30 +110,30 @@ def build_parser() -> argparse.ArgumentParser:
     models.add_argument("--blocks", metavar="NAME", help="print this backbone's blocks (what finetune.unfreeze_blocks counts)")
 
     show = sub.add_parser("config", help="print the resolved config: the file, the --set overrides and every default")
-    show.add_argument("-c", "--config", help="YAML config file (none: the defaults alone)")
-    overrides(show)
+    config_args(show)
+
+    init = sub.add_parser("init", help="copy the shipped configs (and the augmentation example) into a folder, to edit")
+    init.add_argument("folder", help="where to write them (created if missing)")
+    init.add_argument("--force", action="store_true", help="overwrite files of the same name")
 
     plot_lr = sub.add_parser("plot-lr", help="draw a config's learning rate per step (both stages) before training")
-    plot_lr.add_argument("-c", "--config", help="YAML config file")
-    overrides(plot_lr)
+    config_args(plot_lr)
     plot_lr.add_argument("--steps-per-epoch", type=int, help="default: from the size of the configured training set")
     plot_lr.add_argument("--output", default="lr_schedule.png", help="PNG to write (default: lr_schedule.png)")
     plot_lr.add_argument("--force", action="store_true", help="overwrite an existing output file")
 
     find_lr = sub.add_parser("find-lr", help="LR range test: loss against an exponentially growing rate, and a suggestion")
-    find_lr.add_argument("-c", "--config", help="YAML config file")
-    overrides(find_lr)
+    config_args(find_lr)
     find_lr.add_argument("--steps", type=int, default=100, help="training steps in the test (default 100)")
     find_lr.add_argument("--start-lr", type=float, default=1e-7)
     find_lr.add_argument("--end-lr", type=float, default=1.0)
 
     tune = sub.add_parser("tune", help="search filters, kernels, strides, LR schedule... (KerasTuner); resumes an interrupted search")
-    tune.add_argument("-c", "--config", help="YAML config with a tune: section (see configs/search.yaml)")
-    overrides(tune)
+    config_args(tune)
     tune.add_argument("--restart", action="store_true", help="start a new search even if an interrupted one of this config exists")
     tune.add_argument("--then-train", action="store_true", help="then train best.yaml as a normal run (and write its submission when data.test is set)")
     tune.add_argument("--workers", type=int, default=0, metavar="N", help="run trials in N processes on this machine, each on its share of the cores (KerasTuner's chief/worker mode)")
-    tune.add_argument("--role", choices=("chief", "worker"), help="a search over several machines: the chief holds the oracle at --oracle, workers run trials (README)")
+    tune.add_argument("--role", choices=("chief", "worker"), help="a search over several machines: the chief holds the oracle at --oracle, workers run trials (docs/machines.md)")
     tune.add_argument("--oracle", metavar="HOST:PORT", help="the chief's address: where it listens (--role chief), or where workers find it (--role worker)")
     tune.add_argument("--worker-id", help="--role worker: this worker's name in the search (default worker-<host>-<pid>)")
     # Set by the chief for the workers it starts itself:
@@ -162,6 +171,30 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def data_overrides(args: argparse.Namespace) -> list[str]:
+    """The --set overrides, after `data.train=` from the DATA argument when given (quoted: a path is a string)."""
+    given = [f"data.train={json.dumps(args.data)}"] if getattr(args, "data", None) else []
+    return [*given, *args.overrides]
+
+
+def cmd_init(args: argparse.Namespace) -> int:
+    from app.atomic import OutputExistsError
+    from app.config import SHIPPED_CONFIGS
+
+    folder = Path(args.folder)
+    files = sorted(p for p in SHIPPED_CONFIGS.rglob("*.yaml"))
+    taken = [folder / p.relative_to(SHIPPED_CONFIGS) for p in files if (folder / p.relative_to(SHIPPED_CONFIGS)).exists()]
+    if taken and not args.force:
+        raise OutputExistsError(f"{taken[0]} exists. Fix: choose another folder, or pass --force to overwrite the shipped configs' copies")
+    for path in files:
+        target = folder / path.relative_to(SHIPPED_CONFIGS)
+        target.parent.mkdir(parents=True, exist_ok=True)
+        target.write_text(path.read_text())
+        print(f"written: {target}")
+    print(f"then: imgclf train my_images/ -c {folder / 'example.yaml'}")
+    return 0
+
+
 def cmd_demo(args: argparse.Namespace) -> int:
     from app.demo import run_demo
 
@@ -176,7 +209,7 @@ def cmd_train(args: argparse.Namespace) -> int:
     from app.config import load_config
     from app.training.run import train
 
-    result = train(load_config(args.config, args.overrides))
+    result = train(load_config(args.config, data_overrides(args)))
     print(f"run directory: {result.run_dir}")
     print("validation: " + ", ".join(f"{k}={v:.4f}" for k, v in result.metrics["val"].items() if isinstance(v, float)))
     print(f"stopped: {result.metrics['stopped']}")
@@ -234,7 +267,7 @@ def cmd_cv(args: argparse.Namespace) -> int:
         raise ValueError(f"--folds {args.folds}: give at least 2 folds")
     if args.metric is not None and args.metric not in SCORE_NAMES:
         raise ValueError(f"--metric {args.metric}: not a score; use one of {', '.join(SCORE_NAMES)}")
-    result = cross_validate(load_config(args.config, args.overrides), folds=args.folds, restart=args.restart, progress=lambda line: print(line, flush=True))
+    result = cross_validate(load_config(args.config, data_overrides(args)), folds=args.folds, restart=args.restart, progress=lambda line: print(line, flush=True))
     metric = result.metric(args.metric)
     print(f"cross-validation directory: {result.cv_dir}")
     for fold, scores in enumerate(result.per_fold, start=1):
@@ -265,8 +298,11 @@ def cmd_models(args: argparse.Namespace) -> int:
 
 def cmd_config(args: argparse.Namespace) -> int:
     from app.config import dump_config, load_config
+    from tuning.space import parse_space
 
-    print(dump_config(load_config(args.config, args.overrides)), end="")
+    config = load_config(args.config, data_overrides(args))
+    parse_space(config)  # the tune section's names too: the same errors `imgclf tune` gives
+    print(dump_config(config), end="")
     return 0
 
 
@@ -279,7 +315,7 @@ def cmd_plot_lr(args: argparse.Namespace) -> int:
     from app.plots import plot_lr_schedule
     from app.training.fitting import plan_stages
 
-    config = load_config(args.config, args.overrides)
+    config = load_config(args.config, data_overrides(args))
     output = Path(args.output)
     if output.exists() and not args.force:
         raise OutputExistsError(f"{output}: already exists. Fix: choose another --output, or pass --force to overwrite it.")
@@ -297,7 +333,7 @@ def cmd_find_lr(args: argparse.Namespace) -> int:
     from app.config import load_config
     from app.training.lr_finder import find_lr, write_lr_finder
 
-    config = load_config(args.config, args.overrides)
+    config = load_config(args.config, data_overrides(args))
     result = find_lr(config, steps=args.steps, start_lr=args.start_lr, end_lr=args.end_lr)
     run_dir = write_lr_finder(config, result, steps=args.steps, start_lr=args.start_lr, end_lr=args.end_lr)
     print(f"suggested learning rate: {result.suggested_lr:.3g} (the longest descent of the loss; the loss is lowest at {result.min_loss_lr:.3g})")
@@ -321,7 +357,7 @@ def cmd_tune(args: argparse.Namespace) -> int:
     from app.config import load_config
     from tuning.search import search, train_best, work
 
-    config = load_config(args.config, args.overrides)
+    config = load_config(args.config, data_overrides(args))
     if args.role == "worker":
         work(config, args.oracle, args.worker_id, args.search_dir, exit_with_parent=args.exit_with_parent)
         return 0
@@ -403,6 +439,7 @@ COMMANDS = {
     "cv": cmd_cv,
     "models": cmd_models,
     "config": cmd_config,
+    "init": cmd_init,
     "plot-lr": cmd_plot_lr,
     "find-lr": cmd_find_lr,
     "tune": cmd_tune,
@@ -415,6 +452,9 @@ def main(argv: list[str] | None = None) -> int:
     """Run one command; user errors print one line (`error: ...`) and return 2 instead of a traceback."""
     args = build_parser().parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(message)s")
+    if importlib.util.find_spec("tensorflow") is None:
+        print("error: TensorFlow is not installed. Fix: pip install 'imgclf[cpu]', or 'imgclf[gpu]' on an NVIDIA GPU (README, Install)", file=sys.stderr)
+        return 2
     from app.atomic import OutputExistsError
 
     try:
@@ -434,6 +474,9 @@ def main(argv: list[str] | None = None) -> int:
             raise
         print(f"error: {message}", file=sys.stderr)
         return 2
+    except BrokenPipeError:  # `imgclf models | head`: the reader is gone; say nothing more
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return 141
     except KeyboardInterrupt:
         print("interrupted (a train run or a search continues where it stopped when the same command is started again)", file=sys.stderr)
         return 130

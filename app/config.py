@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+import difflib
 import os
 import types
 import typing
@@ -20,6 +21,20 @@ class ConfigError(ValueError):
 MONITORS = ("val_loss", "val_accuracy", "val_auc", "loss", "accuracy", "auc")  # what fit logs (auc: multi-label)
 
 
+def did_you_mean(value: str, choices: list[str] | tuple[str, ...]) -> str:
+    """"; did you mean 'cosine'?" for the closest choice, or "" when none is close."""
+    text, names = str(value).lower(), [str(c) for c in choices]
+    close = [n for n in names if n.startswith(text)] if len(text) >= 2 else []  # acc -> accuracy
+    close = close or difflib.get_close_matches(text, names, n=1, cutoff=0.6)
+    return f"; did you mean {close[0]!r}?" if close else ""
+
+
+def check_choice(key: str, value: Any, choices: list[str] | tuple[str, ...], extra: str = "") -> None:
+    """One line naming the key, the value, the choices and the closest one, when `value` is not among `choices`."""
+    if value not in choices:
+        raise ConfigError(f"config key {key}: {value!r} is not one of {', '.join(map(str, choices))}{extra}{did_you_mean(value, choices)}")
+
+
 def _require(section: object, key: str, ok: bool, expected: str) -> None:
     """One line naming the key, its value and the allowed range, at load time (not a traceback an epoch later)."""
     if not ok:
@@ -29,7 +44,7 @@ def _require(section: object, key: str, ok: bool, expected: str) -> None:
 
 @dataclass
 class DataConfig:
-    """Where the images are and how to read them. See README "Your own data"."""
+    """Where the images are and how to read them (docs/data.md)."""
 
     train: str | None = None  # folder of <class>/<image> sub-folders, or a CSV
     train_images: str | None = None  # image folder for a CSV (default: "train/" beside it, else its folder)
@@ -69,7 +84,7 @@ class DataConfig:
 class AugmentConfig:
     """Albumentations pipelines: a preset (none, light, medium, heavy) or a YAML file saved by A.save."""
 
-    train: str = "light"
+    train: str = "medium"  # as app/configs/example.yaml, measured against keras-io's tutorial model (benchmarks/README.md)
     eval: str = "none"
     tta: str | None = None  # test-time augmentation when predicting: none | flip | flip+crops | path/to/albumentations.yaml
     tta_passes: int | None = None  # predictions averaged, the plain image included (null: flip 2, flip+crops 4, a file 4)
@@ -170,7 +185,7 @@ class TrainConfig:
 
     With a pretrained backbone and `freeze_backbone`, stage 1 trains the head only; `finetune` then unfreezes."""
 
-    epochs: int = 20
+    epochs: int = 30  # with early stopping; 20 only tied keras-io's tutorial model on flowers (benchmarks/README.md)
     optimizer: str = "adam"  # adam | adamw | sgd (momentum, Nesterov)
     learning_rate: float = 1e-3
     weight_decay: float | None = None  # decoupled; None: 0.004 for adamw, none for adam and sgd
@@ -200,7 +215,7 @@ class TrainConfig:
         _require(self, "train.early_stopping_start", self.early_stopping_start is None or self.early_stopping_start >= 0, "a whole number of epochs >= 0, or null")
         _require(self, "train.feature_views", self.feature_views >= 0, "a whole number >= 0 (0: the plain image only)")
         _require(self, "train.verbose", self.verbose in (0, 1, 2), "0, 1 or 2")
-        _require(self, "train.monitor", self.monitor in MONITORS, f"one of {', '.join(MONITORS)}")
+        check_choice("train.monitor", self.monitor, MONITORS)
 
 
 @dataclass
@@ -244,7 +259,7 @@ class SpaceConfig:
     finetune_learning_rate: Any = None  # e.g. {min: 1e-6, max: 1e-4, sampling: log}
     image_size: Any = None  # e.g. [128, 160, 224]
     # both
-    dropout: Any = None  # e.g. {min: 0.1, max: 0.5, step: 0.1}; regularisation is not searched by default (configs/search.yaml says why)
+    dropout: Any = None  # e.g. {min: 0.1, max: 0.5, step: 0.1}; regularisation is not searched by default (app/configs/search.yaml says why)
     optimizer: Any = field(default_factory=lambda: ["adam", "adamw"])
     learning_rate: Any = field(default_factory=lambda: {"min": 1e-4, "max": 1e-2, "sampling": "log"})
     schedule: Any = field(default_factory=lambda: ["constant", "cosine", "one_cycle", "step"])
@@ -256,7 +271,7 @@ class SpaceConfig:
 
 @dataclass
 class TuneConfig:
-    """`imgclf tune`: the tuner, what it optimises, its budget and the search space (README "Architecture search")."""
+    """`imgclf tune`: the tuner, what it optimises, its budget and the search space (docs/search.md)."""
 
     tuner: str = "random"  # random | hyperband | bayesian | grid
     objective: str = "val_accuracy"  # a Keras log (val_accuracy, val_loss) or a metrics.json field (macro_f1, log_loss, mean_column_auc)
@@ -419,13 +434,35 @@ def apply_overrides(data: dict[str, Any], overrides: list[str]) -> dict[str, Any
     return data
 
 
-def load_config(path: str | os.PathLike | None = None, overrides: list[str] | None = None, base: Config | None = None) -> Config:
-    """Defaults (or `base`), then the YAML file at `path`, then `overrides`; validated against the schema."""
+SHIPPED_CONFIGS = Path(__file__).resolve().parent / "configs"  # package data: example, finetune, search, finetune_search
+
+
+def shipped_configs() -> dict[str, Path]:
+    """The configs that ship with the package, by name (`imgclf train DATA -c finetune`)."""
+    return {path.stem: path for path in sorted(SHIPPED_CONFIGS.glob("*.yaml"))}
+
+
+def config_path(path: str | os.PathLike) -> Path:
+    """A YAML file, or the name of a shipped config (a file of that name in the current folder comes first)."""
+    given = Path(path)
+    if given.is_file():
+        return given
+    shipped = shipped_configs()
+    if str(path) in shipped:
+        return shipped[str(path)]
+    hint = did_you_mean(str(path), list(shipped))
+    raise ConfigError(f"{path}: config file not found. Fix: pass a YAML file, or the name of a shipped config: {', '.join(shipped)}{hint}")
+
+
+def load_config(
+    path: str | os.PathLike | None = None, overrides: list[str] | None = None, base: Config | None = None, check_files: bool = True
+) -> Config:
+    """Defaults (or `base`), then the YAML file (or shipped config) at `path`, then `overrides`; validated against the
+    schema and every name against its registry (app/checks.py), before any image is read. `check_files`: also
+    that augmentation pipeline files exist (not for a saved run, which may have moved to another machine)."""
     data = to_dict(base) if base is not None else {}
     if path is not None:
-        path = Path(path)
-        if not path.is_file():
-            raise ConfigError(f"{path}: config file not found. Fix: pass an existing YAML file with -c, e.g. configs/example.yaml")
+        path = config_path(path)
         try:
             loaded = yaml.safe_load(path.read_text()) or {}
         except yaml.YAMLError as exc:
@@ -434,7 +471,11 @@ def load_config(path: str | os.PathLike | None = None, overrides: list[str] | No
             raise ConfigError(f"{path}: expected a mapping of sections (data:, model:, train:...)")
         data = merge_tree(data, loaded)
     data = apply_overrides(data, list(overrides or []))
-    return from_dict(Config, data)
+    config = from_dict(Config, data)
+    from app.checks import check_values  # the registries import this module: checked here, defined there
+
+    check_values(config, check_files)
+    return config
 
 
 def merge_tree(base: dict[str, Any], update: dict[str, Any]) -> dict[str, Any]:

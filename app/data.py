@@ -64,7 +64,7 @@ def load_train_val(cfg: DataConfig, seed: int) -> tuple[ImageSet, ImageSet]:
     """Training and validation sets: the given validation set, fold `data.fold` of `data.folds` seeded stratified
     folds, or a seeded stratified split of the training set."""
     if not cfg.train:
-        raise DataError("no training data configured. Fix: set data.train to a folder of class sub-folders or a CSV (see README).")
+        raise DataError("no training data configured. Fix: set data.train to a folder of class sub-folders or a CSV: imgclf train DATA, or --set data.train=DATA (docs/data.md).")
     train = load_labeled(cfg.train, cfg.train_images, cfg)
     if cfg.val:
         return train, load_labeled(cfg.val, cfg.val_images, cfg, class_names=train.class_names)

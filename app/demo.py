@@ -6,7 +6,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from app.atomic import write_json
-from app.config import Config, apply_overrides, from_dict
+from app.config import SHIPPED_CONFIGS, Config, from_dict, load_config
 from app.data import load_labeled
 from app.inference.evaluation import evaluate_images
 from app.inference.submission import submit
@@ -14,7 +14,7 @@ from app.runs import load_run
 from app.training.run import train
 from pipelines.datasets.digits import export_digits
 
-DEMO_AUGMENT = Path(__file__).resolve().parent.parent / "configs" / "augment" / "digits.yaml"
+DEMO_AUGMENT = SHIPPED_CONFIGS / "augment" / "digits.yaml"
 
 def demo_config(dataset_dir: Path, overrides: list[str] | None = None) -> Config:
     """The demo's settings: a small CNN on 32x32 digits, trained for up to 30 epochs."""
@@ -34,7 +34,7 @@ def demo_config(dataset_dir: Path, overrides: list[str] | None = None) -> Config
         "train": {"epochs": 30, "learning_rate": 0.002, "early_stopping_patience": 8},
         "output": {"dir": "runs", "name": None},
     }
-    return from_dict(Config, apply_overrides(base, list(overrides or [])))
+    return load_config(overrides=list(overrides or []), base=from_dict(Config, base))  # --set values checked as train's
 
 @dataclass
 class DemoResult:

@@ -107,7 +107,7 @@ def load_run(path: str | os.PathLike) -> Run:
     if missing:
         raise DataError(f"{path}: not a finished run directory (missing {', '.join(missing)}). Fix: pass the folder that train printed.")
     try:
-        config = load_config(path / CONFIG_FILE)
+        config = load_config(path / CONFIG_FILE, check_files=False)
     except ConfigError as exc:
         raise DataError(f"{path / CONFIG_FILE}: {exc}") from None
     meta = json.loads((path / CLASSES_FILE).read_text())

@@ -57,7 +57,7 @@ def main(argv: list[str] | None = None) -> int:
     work = Path(tempfile.mkdtemp(prefix="imgclf-ensembles-"))
     try:
         train_dir, holdout_dir = split_holdout(Path(args.data), work, args.holdout, args.seed, limit)
-        config = load_config(REPO / "configs" / "example.yaml", [
+        config = load_config("example", [
             f"data.train={train_dir}", f"data.image_size={args.size}", "data.cache=true", f"train.epochs={args.epochs}",
             "train.early_stopping_patience=0", "train.verbose=0", "output.tensorboard=false", f"output.dir={work / 'runs'}", f"seed={args.seed}",
         ])

@@ -39,7 +39,7 @@ CLASSES = ["daisy", "dandelion", "rose", "sunflower", "tulip"]
 
 
 def make_run(work: Path, model_name: str, size: int) -> Run:
-    config = load_config(REPO / "configs" / "example.yaml", [f"model.name={model_name}", f"data.image_size={size}", "model.weights=null"])
+    config = load_config("example", [f"model.name={model_name}", f"data.image_size={size}", "model.weights=null"])
     blocks = config.model.blocks if model_name == "baseline_cnn" else None
     model = create_model(model_name, input_shape=(size, size, 3), num_classes=len(CLASSES), weights=None, dropout=config.model.dropout, blocks=blocks)
     path = work / model_name

@@ -6,6 +6,7 @@ fine-tuning" recipe written plainly in Keras, at the same image size and the sam
     .venv/bin/python benchmarks/finetune_quality.py --sets hymenoptera --set finetune.unfreeze_blocks=8
     .venv/bin/python benchmarks/finetune_quality.py --part features  # cached features against the frozen backbone
     .venv/bin/python benchmarks/finetune_quality.py --part sizes --sets hymenoptera dog-breed   # minutes and scores per size
+    .venv/bin/python benchmarks/finetune_quality.py --part search --sets hymenoptera   # the search against the recipe
     .venv/bin/python benchmarks/finetune_quality.py --quick          # a smoke run: few images, one epoch per stage
 
 Part `compare` (default), for each set, in one run:
@@ -23,6 +24,10 @@ Part `features`, on one set: stage 1 alone for the same epochs with `train.cache
 head epoch, the features' one-off cost, and the time each takes to reach the frozen-backbone run's best validation
 accuracy.
 Part `sizes`: configs/finetune.yaml alone at each of `--sizes` on each set: hold-out accuracy, log-loss and minutes.
+Part `search`, on the first of `--sets`: `imgclf tune -c configs/finetune_search.yaml --then-train` (image size, unfrozen
+blocks, fine-tuning rate, dropout); its total time T, search and final run, is the budget. Against it, on the same
+hold-out set: configs/finetune.yaml as shipped, and configs/finetune.yaml given T (its fine-tuning stage has as many
+epochs as fit in T at the pace the shipped run measured, early stopping off, and stops at T).
 """
 
 from __future__ import annotations
@@ -54,6 +59,7 @@ from app.data import load_labeled  # noqa: E402
 from app.inference.evaluation import evaluate_images  # noqa: E402
 from app.runs import load_run  # noqa: E402
 from app.training.run import train  # noqa: E402
+from tuning.search import search, train_best  # noqa: E402
 
 SHARED = REPO.parent / "shared"
 WEIGHTS = Path.home() / ".cache" / "imgclf" / "weights" / "xception_imagenet_notop.weights.h5"
@@ -99,26 +105,35 @@ class ShareOfBudget(keras.callbacks.Callback):
 
 
 def toolkit_config(train_dir: Path, out: Path, seed: int, overrides: list[str], quick: bool):
-    return load_config(REPO / "configs" / "finetune.yaml", [
+    return load_config("finetune", [
         f"data.train={train_dir}", f"data.image_size={SIZE}", f"model.weights={WEIGHTS}", f"output.dir={out}", "output.tensorboard=false",
         "train.verbose=0", f"seed={seed}", *(["train.epochs=1", "finetune.epochs=1", "train.feature_views=1"] if quick else []), *overrides,
     ])  # fmt: skip
 
 
-def run_toolkit(train_dir: Path, holdout_dir: Path, out: Path, seed: int, overrides: list[str], quick: bool) -> dict[str, Any]:
+def run_toolkit(
+    train_dir: Path, holdout_dir: Path, out: Path, seed: int, overrides: list[str], quick: bool, deadline: float | None = None
+) -> dict[str, Any]:
+    """configs/finetune.yaml with `overrides`, scored on the hold-out set; `deadline` (perf_counter seconds): stop at
+    the end of the epoch after which another would pass it."""
     config = toolkit_config(train_dir, out, seed, overrides, quick)
     timer = StageTimer()
     started = time.perf_counter()
-    result = train(config, callbacks=[timer])
+    result = train(config, callbacks=[timer] + ([ShareOfBudget(deadline)] if deadline else []))
     seconds = time.perf_counter() - started
-    run = load_run(result.run_dir)
-    metrics, _ = evaluate_images(run, load_labeled(str(holdout_dir), None, config.data, class_names=run.class_names))
+    metrics = holdout_metrics(result.run_dir, holdout_dir)
     stages = {name: {"epochs": len(fit["epoch_s"]), "seconds": round(fit["ended"] - fit["started"], 1)} for name, fit in zip(("train", "finetune"), timer.fits)}
     return {
         "seconds": round(seconds, 1), "accuracy": metrics["accuracy"], "log_loss": metrics["log_loss"], "val_accuracy": result.metrics["val"]["accuracy"],
         "best_epoch": result.metrics["best_epoch"], "stages": stages, "stopped": result.metrics["stopped"],
         "outside_fits_s": round(seconds - sum(s["seconds"] for s in stages.values()), 1),  # checks, features, evaluation, report
     }  # fmt: skip
+
+
+def holdout_metrics(run_dir: Path, holdout_dir: Path) -> dict[str, float]:
+    run = load_run(run_dir)
+    metrics, _ = evaluate_images(run, load_labeled(str(holdout_dir), None, run.config.data, class_names=run.class_names))
+    return metrics
 
 
 def keras_io_model(size: int, num_classes: int) -> tuple[keras.Model, keras.Model]:
@@ -226,9 +241,47 @@ def sizes(args: argparse.Namespace, work: Path) -> dict[str, Any]:
     return rows
 
 
+def search_part(args: argparse.Namespace, work: Path) -> dict[str, Any]:
+    """configs/finetune_search.yaml (`imgclf tune --then-train`) against configs/finetune.yaml as shipped and against
+    configs/finetune.yaml given the search's total time T (its fine-tuning stage runs until T), on the first set."""
+    name = args.sets[0]
+    train_dir, holdout_dir = make_set(name, work, args.holdout, args.seed, 120 if args.quick else None)
+    quick = ["train.epochs=1", "finetune.epochs=1", "train.feature_views=1", "tune.max_trials=2", "tune.space.image_size=[96, 128]"] if args.quick else []
+    config = load_config("finetune_search", [
+        f"data.train={train_dir}", f"model.weights={WEIGHTS}", f"output.dir={work / 'runs'}", "output.tensorboard=false", "train.verbose=0",
+        f"seed={args.seed}", *quick, *args.overrides,
+    ])  # fmt: skip
+    started = time.perf_counter()
+    result = search(config, progress=lambda line: print(line, flush=True))
+    searched = time.perf_counter() - started
+    trained = train_best(result)
+    budget = time.perf_counter() - started
+    best = load_config(result.best_config)
+    scores = holdout_metrics(trained.run_dir, holdout_dir)
+    found = {
+        "seconds": round(budget, 1), "search_seconds": round(searched, 1), "trials": len(result.trials),
+        "best": {"image_size": best.data.image_size, "unfreeze_blocks": best.finetune.unfreeze_blocks,
+                 "finetune_learning_rate": best.finetune.learning_rate, "dropout": best.model.dropout},
+        "trials_table": json.loads(result.trials.drop(columns=["message"], errors="ignore").to_json(orient="records")),
+        "accuracy": scores["accuracy"], "log_loss": scores["log_loss"],
+    }  # fmt: skip
+    print(f"search + final run: {found['accuracy']:.4f} acc, {found['log_loss']:.3f} log-loss, {budget:.0f} s, best {found['best']}", flush=True)
+    shipped = run_toolkit(train_dir, holdout_dir, work / "runs", args.seed, args.overrides, args.quick)
+    print(f"finetune.yaml: {shipped['accuracy']:.4f} acc, {shipped['log_loss']:.3f} log-loss, {shipped['seconds']:.0f} s {shipped['stages']}", flush=True)
+    tuned = shipped["stages"]["finetune"]
+    pace = tuned["seconds"] / tuned["epochs"]
+    epochs = max(tuned["epochs"], round((budget - (shipped["seconds"] - tuned["seconds"])) / pace))
+    overrides = [*args.overrides, f"finetune.epochs={epochs}", "train.early_stopping_patience=0"]
+    same_time = run_toolkit(train_dir, holdout_dir, work / "runs", args.seed, overrides, args.quick, deadline=time.perf_counter() + budget)
+    same_time["planned_finetune_epochs"] = epochs
+    print(f"finetune.yaml for T: {same_time['accuracy']:.4f} acc, {same_time['log_loss']:.3f} log-loss, {same_time['seconds']:.0f} s {same_time['stages']}")
+    wins = all(found["accuracy"] > r["accuracy"] and found["log_loss"] < r["log_loss"] for r in (shipped, same_time))
+    return {"set": name, "search": found, "finetune_yaml": shipped, "finetune_yaml_same_time": same_time, "search_wins": wins}
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--part", choices=("compare", "features", "sizes"), default="compare")
+    parser.add_argument("--part", choices=("compare", "features", "sizes", "search"), default="compare")
     parser.add_argument("--sets", nargs="+", default=list(SETS), choices=SETS)
     parser.add_argument("--holdout", type=float, default=0.15)
     parser.add_argument("--seed", type=int, default=42)
@@ -244,7 +297,7 @@ def main(argv: list[str] | None = None) -> int:
     work = Path(tempfile.mkdtemp(prefix="imgclf-finetune-"))
     report: dict[str, Any] = {"part": args.part, "image_size": SIZE, "holdout_fraction": args.holdout, "seed": args.seed, "overrides": args.overrides}
     try:
-        report[args.part] = {"compare": compare, "features": features, "sizes": sizes}[args.part](args, work)
+        report[args.part] = {"compare": compare, "features": features, "sizes": sizes, "search": search_part}[args.part](args, work)
     finally:
         shutil.rmtree(work, ignore_errors=True)
     out = Path(args.output or REPO / "benchmarks" / "results" / f"finetune_{args.part}.json")

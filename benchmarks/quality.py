@@ -91,7 +91,7 @@ def make_set(name: str, work: Path, holdout: float, seed: int, limit: int | None
 
 
 def run_toolkit(train_dir: Path, holdout_dir: Path, size: int, out: Path, seed: int, overrides: list[str], quick: bool) -> dict[str, Any]:
-    config = load_config(REPO / "configs" / "example.yaml", [
+    config = load_config("example", [
         f"data.train={train_dir}", f"data.image_size={size}", f"output.dir={out}", "train.verbose=0", f"seed={seed}",
         *(["train.epochs=1"] if quick else []), *overrides,
     ])

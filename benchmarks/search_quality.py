@@ -106,7 +106,7 @@ def main(argv: list[str] | None = None) -> int:
             lengths += [f"tune.final_minutes={args.final_minutes}"]
         if args.search_minutes:
             lengths += [f"tune.max_minutes={args.search_minutes}"]
-        search_config = load_config(REPO / "configs" / "search.yaml", [*base, *lengths, "tune.max_trials=1000", f"seed={args.seed}", *args.overrides])
+        search_config = load_config("search", [*base, *lengths, "tune.max_trials=1000", f"seed={args.seed}", *args.overrides])
         result = search(search_config, progress=lambda line: print(line, flush=True))
         searched = time.perf_counter() - started
         trained = train_best(result)
@@ -116,7 +116,7 @@ def main(argv: list[str] | None = None) -> int:
         reference_overrides = [*base, "train.early_stopping_patience=0", f"seed={args.seed}"]
         timer = EpochTimer()
         probe_started = time.perf_counter()
-        train(load_config(REPO / "configs" / "example.yaml", [*reference_overrides, "train.epochs=3"]), callbacks=[timer])
+        train(load_config("example", [*reference_overrides, "train.epochs=3"]), callbacks=[timer])
         probe_seconds = time.perf_counter() - probe_started
         epoch_seconds = float(np.median(timer.seconds[1:]))  # the first epoch also traces the model
         fixed = probe_seconds - 3 * epoch_seconds  # start-up, tracing, final report
@@ -124,7 +124,7 @@ def main(argv: list[str] | None = None) -> int:
         print(f"reference: {epoch_seconds:.1f} s per epoch, {fixed:.0f} s fixed: {epochs} epochs", flush=True)
         reference_started = time.perf_counter()
         clock = WallClockStop(budget - fixed)
-        reference = train(load_config(REPO / "configs" / "example.yaml", [*reference_overrides, f"train.epochs={epochs}"]), callbacks=[clock])
+        reference = train(load_config("example", [*reference_overrides, f"train.epochs={epochs}"]), callbacks=[clock])
         reference_seconds = time.perf_counter() - reference_started
 
         report: dict[str, Any] = {

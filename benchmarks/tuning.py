@@ -282,7 +282,7 @@ def measure_scaling(base: Config, trials: int, rounds: int) -> dict[str, Any]:
 def measure_bayesian_oracle(base: Config, marks: tuple[int, ...] = (20, 50, 100), samples: int = 3) -> dict[str, Any]:
     """Seconds per proposal of the Bayesian oracle after `marks` completed stub trials (random scores, no training),
     over the default search space (configs/search.yaml): the chief's work per trial as a search grows."""
-    config = load_config(REPO / "configs" / "search.yaml", overrides=["tune.tuner=bayesian", "tune.initial_points=5", f"tune.max_trials={max(marks) + samples}", "tune.seed=3"])
+    config = load_config("search", overrides=["tune.tuner=bayesian", "tune.initial_points=5", f"tune.max_trials={max(marks) + samples}", "tune.seed=3"])
     config = load_config(overrides=[f"data.train={base.data.train}", "data.image_size=32", f"output.dir={base.output.dir}"], base=config)
     oracle = make_oracle(config.tune, 3, config.train.epochs)
     hypermodel = make_hypermodel(config, parse_space(config), num_classes=3, multilabel=False, train_images=300)
@@ -323,7 +323,7 @@ def stub_score(values: dict[str, Any], rng: np.random.Generator) -> float:
 
 def measure_bayesian_validity(base: Config, trials: int = 20, initial: int = 6, seeds: int = 3) -> dict[str, Any]:
     """D3: Gaussian-process proposals that failed the shape check, ours and KerasTuner's, with the same stub scores."""
-    config = load_config(REPO / "configs" / "search.yaml", overrides=["tune.tuner=bayesian", f"tune.max_trials={trials}", f"output.dir={base.output.dir}"])
+    config = load_config("search", overrides=["tune.tuner=bayesian", f"tune.max_trials={trials}", f"output.dir={base.output.dir}"])
     hypermodel = make_hypermodel(config, parse_space(config), num_classes=5, multilabel=False, train_images=3000)
     report: dict[str, Any] = {"trials": trials, "initial_points": initial, "seeds": seeds}
     for name, kind in (("ours", BayesianOracle), ("keras_tuner", KerasTunerAcquisition), ("random", RandomOracle)):

@@ -76,7 +76,7 @@ def load_transform(path: str | os.PathLike) -> A.BaseCompose:
     except Exception as exc:  # Albumentations raises KeyError/ValueError/TypeError for bad entries
         raise DataError(
             f"{path}: not a valid Albumentations pipeline ({type(exc).__name__}: {exc}). "
-            "Fix: write it with albumentations.save(transform, path, data_format='yaml'), see configs/augment/."
+            "Fix: write it with albumentations.save(transform, path, data_format='yaml'), see app/configs/augment/."
         ) from None
     return loaded
 

@@ -8,6 +8,7 @@ import albumentations as A
 import numpy as np
 import pytest
 
+from app.config import SHIPPED_CONFIGS
 from pipelines.augment import PRESETS, build_transform, save_transform
 from pipelines.errors import DataError
 
@@ -53,7 +54,7 @@ def test_yaml_pipeline_not_ending_at_model_size_is_resized(tmp_path: Path) -> No
 
 
 def test_shipped_digits_pipeline_loads() -> None:
-    transform = build_transform(str(REPO / "configs" / "augment" / "digits.yaml"), (32, 32))
+    transform = build_transform(str(SHIPPED_CONFIGS / "augment" / "digits.yaml"), (32, 32))
     names = [type(t).__name__ for t in transform.transforms[0].transforms]
     assert names == ["Resize", "Affine"]
 

@@ -130,3 +130,7 @@ def test_finetune_benchmark_quick_run(tmp_path: Path):
     assert speed["epoch_speedup"] > 0 and 0 <= speed["target_val_accuracy"] <= 1
     sizes = run_quick("finetune_quality.py", tmp_path / "sizes.json", "--part", "sizes", "--sets", "hymenoptera", "--sizes", "96")["sizes"]
     assert 0 <= sizes["hymenoptera"]["96"]["accuracy"] <= 1 and sizes["hymenoptera"]["96"]["minutes"] > 0
+    found = run_quick("finetune_quality.py", tmp_path / "search.json", "--part", "search", "--sets", "hymenoptera")["search"]
+    assert found["search"]["trials"] == 2 and found["search"]["best"]["image_size"] in (96, 128)
+    same_time = found["finetune_yaml_same_time"]
+    assert 1 <= same_time["stages"]["finetune"]["epochs"] <= same_time["planned_finetune_epochs"] and isinstance(found["search_wins"], bool)

@@ -82,7 +82,7 @@ def test_finetune_config_on_real_photos(tmp_path: Path) -> None:
     overrides = [f"data.train={root / 'train'}", f"data.val={root / 'val'}", "data.image_size=128", f"model.weights={weights}", "train.epochs=3"]
     overrides += ["train.feature_views=1", "train.early_stopping_patience=0", "finetune.epochs=1", "finetune.unfreeze_blocks=2", "train.verbose=0"]
     overrides += [f"output.dir={tmp_path / 'runs'}", "output.tensorboard=false"]
-    config = load_config(Path(__file__).resolve().parents[1] / "configs" / "finetune.yaml", overrides)
+    config = load_config("finetune", overrides)
     assert config.model.name == "xception" and config.train.cache_features
     result = train(config, callbacks=[Snapshot()])
     history = pd.read_csv(result.run_dir / "history.csv")
@@ -113,6 +113,6 @@ def test_cached_features_agree_with_the_frozen_backbone_on_real_photos(tmp_path:
         overrides = [f"data.train={root / 'train'}", f"data.val={root / 'val'}", "data.image_size=128", f"model.weights={weights}", "train.epochs=3"]
         overrides += ["train.feature_views=1", "train.early_stopping_patience=0", "finetune.epochs=0", "train.verbose=0", f"train.cache_features={cached}"]
         overrides += [f"output.dir={tmp_path / str(cached)}", "output.tensorboard=false"]
-        result = train(load_config(Path(__file__).resolve().parents[1] / "configs" / "finetune.yaml", overrides))
+        result = train(load_config("finetune", overrides))
         scores[cached] = result.metrics["val"]["accuracy"]
     assert scores[True] >= 0.80 and abs(scores[True] - scores[False]) <= 0.05, scores

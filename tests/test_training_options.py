@@ -288,18 +288,18 @@ def test_cli_find_lr_and_plot_lr(tiny_config: Config, tmp_path: Path, capsys: py
     assert main(["plot-lr", *base, "--set", "train.schedule={name: cosine, warmup_epochs: 1}", "--output", str(png)]) == 0
     assert png.read_bytes()[:4] == b"\x89PNG" and "3 steps per epoch" in capsys.readouterr().out  # 18 images / 8
     assert main(["plot-lr", *base, "--output", str(png)]) == 2  # exists: needs --force
-    assert main(["plot-lr", *base, "--set", "train.schedule.warmup_epochs=20", "--output", str(png), "--force"]) == 2
-    assert "warmup of 20 epochs is not shorter than the 20 epochs of training" in capsys.readouterr().err
+    assert main(["plot-lr", *base, "--set", "train.schedule.warmup_epochs=30", "--output", str(png), "--force"]) == 2
+    assert "warmup of 30 epochs is not shorter than the 30 epochs of training" in capsys.readouterr().err
 
 
 @pytest.mark.parametrize(
     "override,message",
     [
-        ("model.name=resnet9", "unknown model 'resnet9'. Fix: set model.name to one of baseline_cnn, vgg16"),
-        ("train.schedule=cosine_annealing", "unknown schedule 'cosine_annealing'"),
-        ("train.distribute=tpu", "unknown train.distribute='tpu'"),
+        ("model.name=resnet9", "model.name: 'resnet9' is not a registered model (`imgclf models` lists 30); did you mean 'resnet50'?"),
+        ("train.schedule=cosine_annealing", "train.schedule: 'cosine_annealing' is not one of constant, step"),
+        ("train.distribute=tpu", "train.distribute: 'tpu' is not one of auto, none, mirrored, multiworker"),
         ("model.name=vgg16,data.image_size=16", "vgg16 needs inputs of at least 32x32 pixels, got 16x16"),
-        ("train.schedule.warmup_epochs=30", "warmup of 30 epochs is not shorter than the 20 epochs of training"),
+        ("train.schedule.warmup_epochs=40", "warmup of 40 epochs is not shorter than the 30 epochs of training"),
         ("model.name=vgg16,finetune.epochs=1,finetune.unfreeze_blocks=9", "cannot unfreeze 9 blocks: vgg16 has 6"),
         ("model.name=vgg16,model.weights=imagenet", "could not download the ImageNet weights of vgg16"),  # offline, see below
         ("train.class_weight={wolf: 2}", "train.class_weight names unknown class(es) ['wolf']"),

@@ -1,7 +1,7 @@
 """Architecture and hyperparameter search on KerasTuner, over the toolkit's own config, models and fit path.
 
     from tuning import search
-    result = search(load_config("configs/search.yaml", ["data.train=my_images/"]))
+    result = search(load_config("search", ["data.train=my_images/"]))
     result.best_config   # best.yaml: imgclf train -c <it>
 
 Layout: space.py (tune.space -> hyperparameters), hypermodels.py (HyperModels: hp -> Config -> model -> fit),

@@ -15,15 +15,15 @@ from typing import Any
 
 import keras_tuner as kt
 
-from app.config import POOLS, Config, ConfigError, ScheduleConfig, from_dict, merge_tree, to_dict
+from app.config import POOLS, Config, ConfigError, ScheduleConfig, check_choice, did_you_mean, from_dict, merge_tree, to_dict
 from app.models import is_backbone
 from app.models.backbones import BACKBONES, canonical_name
+from app.training.optimization import OPTIMIZERS
 from app.training.schedules import SCHEDULES
 from pipelines.augment import PRESETS
 
 TUNERS = ("random", "hyperband", "bayesian", "grid")
 TRIAL_BUDGETS = ("compute", "epochs")
-OPTIMIZERS = ("adam", "adamw", "sgd")
 
 # Conditional knobs searched for each schedule, merged under tune.space.schedule_knobs (knob -> entry).
 SCHEDULE_KNOBS: dict[str, dict[str, Any]] = {
@@ -127,7 +127,7 @@ def _positive(v: Any) -> str | None:
 
 
 def _one_of(names: tuple[str, ...], what: str) -> Callable[[Any], str | None]:
-    return lambda v: None if v in names else f"unknown {what} {v!r}; choose from {', '.join(names)}"
+    return lambda v: None if v in names else f"unknown {what} {v!r}; choose from {', '.join(names)}{did_you_mean(v, names)}"
 
 
 def _augment(v: str) -> str | None:
@@ -208,13 +208,8 @@ def check_final_settings(config: Config) -> None:
 def parse_space(config: Config) -> SearchSpace:
     """Check `config.tune` (tuner, objective, budget, space) and parse its space; ConfigError names the key."""
     tune = config.tune
-    if tune.tuner not in TUNERS:
-        raise ConfigError(f"config key tune.tuner: unknown tuner {tune.tuner!r}; choose from {', '.join(TUNERS)}")
-    if tune.objective not in KERAS_OBJECTIVES + REPORT_OBJECTIVES:
-        raise ConfigError(
-            f"config key tune.objective: unknown objective {tune.objective!r}; choose a Keras log ({', '.join(KERAS_OBJECTIVES)}) "
-            f"or a metrics.json field ({', '.join(REPORT_OBJECTIVES)})"
-        )
+    check_choice("tune.tuner", tune.tuner, TUNERS)
+    check_choice("tune.objective", tune.objective, KERAS_OBJECTIVES + REPORT_OBJECTIVES, extra=" (a Keras log, or a metrics.json field)")
     if tune.max_trials < 1:
         raise ConfigError(f"config key tune.max_trials: {tune.max_trials} must be >= 1")
     if tune.max_minutes is not None and tune.max_minutes <= 0:
@@ -223,8 +218,7 @@ def parse_space(config: Config) -> SearchSpace:
         raise ConfigError(f"config key tune.min_feature_size: {tune.min_feature_size} must be >= 1")
     if tune.final_epochs is not None and tune.final_epochs < 1:
         raise ConfigError(f"config key tune.final_epochs: {tune.final_epochs} must be >= 1 (or null for train.epochs)")
-    if tune.trial_budget not in TRIAL_BUDGETS:
-        raise ConfigError(f"config key tune.trial_budget: unknown budget {tune.trial_budget!r}; choose from {', '.join(TRIAL_BUDGETS)}")
+    check_choice("tune.trial_budget", tune.trial_budget, TRIAL_BUDGETS)
     if tune.final_minutes is not None and tune.final_minutes <= 0:
         raise ConfigError(f"config key tune.final_minutes: {tune.final_minutes} must be > 0 (or null)")
     if tune.final_minutes is not None and tune.final_epochs is not None:

@@ -8,15 +8,17 @@ training's final report and ensembles all end here.
 
 from __future__ import annotations
 
+import os
 from collections.abc import Sequence
 
 import albumentations as A
 import keras
 import numpy as np
+import pandas as pd
 
 from app.config import Config
-from app.data import make_tf_dataset, prepare
-from app.runs import Run
+from app.data import load_test, make_tf_dataset, prepare
+from app.runs import Run, load_runs
 from pipelines.augment import build_transform, build_tta
 from pipelines.errors import DataError
 from pipelines.sources import ImageSet
@@ -121,3 +123,21 @@ def predict_images(
         total = weight * probs if total is None else total + weight * probs
     assert kept is not None and total is not None
     return kept, total
+
+
+def predict(
+    runs: str | os.PathLike | Sequence[str | os.PathLike],
+    test: str | os.PathLike,
+    *,
+    tta: TTASpec = None,
+    passes: int | None = None,
+    weights: Sequence[float] | None = None,
+) -> pd.DataFrame:
+    """Probabilities for a folder of images (or a sample_submission.csv's images): one row per image, `id` then one
+    column per class, from a run directory, a cross-validation directory (all its folds), or several averaged."""
+    members = load_runs([runs] if isinstance(runs, (str, os.PathLike)) else list(runs))
+    images = load_test(members[0].config.data, str(test))
+    kept, probs = predict_images(members, images, tta=tta, passes=passes, weights=weights)
+    frame = pd.DataFrame(probs, columns=members[0].class_names)
+    frame.insert(0, "id", kept.ids)
+    return frame

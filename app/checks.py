@@ -1,0 +1,50 @@
+"""Every enumerated config value checked against the registry that owns it, when the config loads.
+
+The schema (app/config.py) checks types and ranges; this module checks names: models, optimizers, schedules,
+augmentation presets and files, TTA presets, distribute modes and class weights. Each error is one line naming the
+key, the value, the choices and the closest one, raised before any image is read or any run folder exists. The
+`tune` section's names (tuner, objective, space entries) are checked by `tuning.space.parse_space`, which
+`imgclf tune` and `imgclf config` call first: app/ does not import tuning/.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from app.config import Config, ConfigError, check_choice, did_you_mean
+from app.devices import DISTRIBUTE
+from app.models import list_models
+from app.models.backbones import canonical_name
+from app.training.optimization import OPTIMIZERS
+from app.training.schedules import SCHEDULES
+from pipelines.augment import PRESETS, TTA_PRESETS
+
+PIPELINE_FILES = (".yaml", ".yml", ".json")  # what albumentations.save writes
+
+
+def check_values(config: Config, check_files: bool = True) -> None:
+    """Raise ConfigError for the first enumerated value that no registry knows (and, with `check_files`, for an
+    augmentation pipeline file that does not exist)."""
+    names = list_models()
+    if canonical_name(config.model.name) not in {canonical_name(n) for n in names}:
+        raise ConfigError(f"config key model.name: {config.model.name!r} is not a registered model (`imgclf models` lists {len(names)}){did_you_mean(canonical_name(config.model.name), names)}")
+    check_choice("train.optimizer", config.train.optimizer, OPTIMIZERS)
+    check_choice("train.schedule", config.train.schedule.name, SCHEDULES)
+    check_choice("finetune.schedule", config.finetune.schedule.name, SCHEDULES)
+    check_choice("train.distribute", config.train.distribute, DISTRIBUTE)
+    for key, value in (("augment.train", config.augment.train), ("augment.eval", config.augment.eval)):
+        _check_pipeline(key, value, tuple(PRESETS), check_files)
+    if config.augment.tta is not None:
+        _check_pipeline("augment.tta", config.augment.tta, tuple(TTA_PRESETS), check_files)
+    if isinstance(config.train.class_weight, str):
+        check_choice("train.class_weight", config.train.class_weight, ("balanced",), extra=", a mapping {class: weight}, or null")
+
+
+def _check_pipeline(key: str, value: str, presets: tuple[str, ...], check_files: bool) -> None:
+    """A preset, or an Albumentations pipeline file (that exists, with `check_files`)."""
+    if value in presets:
+        return
+    if Path(value).suffix.lower() not in PIPELINE_FILES:
+        check_choice(key, value, presets, extra=" or the path of a pipeline saved by albumentations.save (.yaml, .json)")
+    if check_files and not Path(value).is_file():
+        raise ConfigError(f"config key {key}: {value!r} not found. Fix: the path of a pipeline saved by albumentations.save, or one of {', '.join(presets)}")
