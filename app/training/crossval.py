@@ -165,7 +165,7 @@ def oof_scores(cv_dir: str | Path, tta: TTASpec = None, passes: int | None = Non
     """The out-of-fold scores of a finished CV, predicted again by each fold's model on its own fold (with `tta`):
     what test-time augmentation buys, measured on images no model trained on."""
     cv_dir = Path(cv_dir)
-    cv_config = load_config(cv_dir / runs.CONFIG_FILE)
+    cv_config = load_config(cv_dir / runs.CONFIG_FILE, check_files=False)  # a finished CV, maybe from another machine
     members = runs.load_runs([cv_dir])
     labels, probs, multilabel = [], [], False
     for run, val in zip(members, fold_val_sets(cv_config, len(members))):
