@@ -27,7 +27,8 @@ def check_values(config: Config, check_files: bool = True) -> None:
     augmentation pipeline file that does not exist)."""
     names = list_models()
     if canonical_name(config.model.name) not in {canonical_name(n) for n in names}:
-        raise ConfigError(f"config key model.name: {config.model.name!r} is not a registered model (`imgclf models` lists {len(names)}){did_you_mean(canonical_name(config.model.name), names)}")
+        hint = did_you_mean(canonical_name(config.model.name), names)
+        raise ConfigError(f"config key model.name: {config.model.name!r} is not a registered model (`imgclf models` lists {len(names)}){hint}")
     check_choice("train.optimizer", config.train.optimizer, OPTIMIZERS)
     check_choice("train.schedule", config.train.schedule.name, SCHEDULES)
     check_choice("finetune.schedule", config.finetune.schedule.name, SCHEDULES)
