@@ -13,8 +13,8 @@ from pathlib import Path
 
 from app.config import Config, ConfigError, check_choice, did_you_mean
 from app.devices import DISTRIBUTE
-from app.models import list_models
-from app.models.backbones import canonical_name
+from app.models import is_backbone, list_models
+from app.models.backbones import canonical_name, size_problem
 from app.training.optimization import OPTIMIZERS
 from app.training.schedules import SCHEDULES
 from pipelines.augment import PRESETS, TTA_PRESETS
@@ -29,6 +29,8 @@ def check_values(config: Config, check_files: bool = True) -> None:
     if canonical_name(config.model.name) not in {canonical_name(n) for n in names}:
         hint = did_you_mean(canonical_name(config.model.name), names)
         raise ConfigError(f"config key model.name: {config.model.name!r} is not a registered model (`imgclf models` lists {len(names)}){hint}")
+    if is_backbone(config.model.name) and (problem := size_problem(config.model.name, config.data.image_size)):
+        raise ConfigError(f"config key data.image_size: {problem}")
     check_choice("train.optimizer", config.train.optimizer, OPTIMIZERS)
     check_choice("train.schedule", config.train.schedule.name, SCHEDULES)
     check_choice("finetune.schedule", config.finetune.schedule.name, SCHEDULES)
@@ -41,11 +43,19 @@ def check_values(config: Config, check_files: bool = True) -> None:
         check_choice("train.class_weight", config.train.class_weight, ("balanced",), extra=", a mapping {class: weight}, or null")
 
 
-def _check_pipeline(key: str, value: str, presets: tuple[str, ...], check_files: bool) -> None:
-    """A preset, or an Albumentations pipeline file (that exists, with `check_files`)."""
+def pipeline_problem(value: str, presets: tuple[str, ...], check_files: bool = True) -> str | None:
+    """Why `value` is neither a preset nor an Albumentations pipeline file (that exists, with `check_files`), or None."""
     if value in presets:
-        return
+        return None
     if Path(value).suffix.lower() not in PIPELINE_FILES:
-        check_choice(key, value, presets, extra=" or the path of a pipeline saved by albumentations.save (.yaml, .json)")
+        choices = ", ".join(presets)
+        return f"{value!r} is not one of {choices} or the path of a pipeline saved by albumentations.save (.yaml, .json){did_you_mean(value, presets)}"
     if check_files and not Path(value).is_file():
-        raise ConfigError(f"config key {key}: {value!r} not found. Fix: the path of a pipeline saved by albumentations.save, or one of {', '.join(presets)}")
+        return f"{value!r} not found. Fix: the path of a pipeline saved by albumentations.save, or one of {', '.join(presets)}"
+    return None
+
+
+def _check_pipeline(key: str, value: str, presets: tuple[str, ...], check_files: bool) -> None:
+    problem = pipeline_problem(value, presets, check_files)
+    if problem:
+        raise ConfigError(f"config key {key}: {problem}")

@@ -178,18 +178,17 @@ def data_overrides(args: argparse.Namespace) -> list[str]:
 
 
 def cmd_init(args: argparse.Namespace) -> int:
-    from app.atomic import OutputExistsError
+    from app.atomic import OutputExistsError, atomic_write, check_output
     from app.config import SHIPPED_CONFIGS
 
     folder = Path(args.folder)
-    files = sorted(p for p in SHIPPED_CONFIGS.rglob("*.yaml"))
-    taken = [folder / p.relative_to(SHIPPED_CONFIGS) for p in files if (folder / p.relative_to(SHIPPED_CONFIGS)).exists()]
-    if taken and not args.force:
-        raise OutputExistsError(f"{taken[0]} exists. Fix: choose another folder, or pass --force to overwrite the shipped configs' copies")
-    for path in files:
-        target = folder / path.relative_to(SHIPPED_CONFIGS)
-        target.parent.mkdir(parents=True, exist_ok=True)
-        target.write_text(path.read_text())
+    if folder.exists() and not folder.is_dir():
+        raise OutputExistsError(f"{folder}: is a file. Fix: give a folder to write the configs into")
+    copies = {path: folder / path.relative_to(SHIPPED_CONFIGS) for path in sorted(SHIPPED_CONFIGS.rglob("*.yaml"))}
+    for target in copies.values():  # every copy checked before any is written: the user's edits are kept
+        check_output(target, force=args.force)
+    for path, target in copies.items():
+        atomic_write(target, lambda tmp, text=path.read_text(): tmp.write_text(text), force=args.force)
         print(f"written: {target}")
     print(f"then: imgclf train my_images/ -c {folder / 'example.yaml'}")
     return 0

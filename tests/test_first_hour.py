@@ -59,6 +59,8 @@ def test_app_values_are_checked_by_load_config_itself() -> None:
     with pytest.raises(ConfigError, match="augment.train: 'missing.yaml' not found"):
         load_config(overrides=["augment.train=missing.yaml"])
     assert load_config(overrides=["augment.train=missing.yaml"], check_files=False).augment.train == "missing.yaml"  # a saved run's
+    with pytest.raises(ConfigError, match="data.image_size: xception needs inputs of at least 71x71 pixels, got 64x64"):
+        load_config("finetune", ["data.image_size=64"])  # at load, not after the images are decoded
 
 
 def test_the_data_argument_is_data_train(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
@@ -91,6 +93,8 @@ def test_init_copies_the_shipped_configs_and_keeps_the_users(tmp_path: Path, cap
     assert main(["init", str(target)]) == 2 and "--force" in capsys.readouterr().err
     assert load_config(target / "example.yaml").train.epochs == 3
     assert main(["init", str(target), "--force"]) == 0 and load_config(target / "example.yaml").train.epochs == 30
+    (tmp_path / "a_file").write_text("")
+    assert main(["init", str(tmp_path / "a_file")]) == 2 and "is a file" in capsys.readouterr().err
 
 
 def test_a_closed_pipe_is_not_a_traceback() -> None:

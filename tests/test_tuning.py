@@ -419,8 +419,8 @@ def test_a_time_budget_stops_the_search(tiny_config: Config, capsys: pytest.Capt
 
 def test_backbone_space_maps_onto_the_backbone_config(tiny_config: Config) -> None:
     config = tune_config(
-        tiny_config, "model.name=efficientnetb0", "model.weights=null", "finetune.epochs=1", "tune.space.backbone=[efficientnetb0, resnet50v2]",
-        "tune.space.unfreeze_blocks=[1, 2]", "tune.space.finetune_learning_rate={min: 0.00001, max: 0.001, sampling: log}", "tune.space.image_size=[16, 32]",
+        tiny_config, "model.name=efficientnetb0", "model.weights=null", "finetune.epochs=1",
+        "tune.space.backbone=[efficientnetb0, resnet50v2, xception]", "tune.space.unfreeze_blocks=[1, 2]", "tune.space.finetune_learning_rate={min: 0.00001, max: 0.001, sampling: log}", "tune.space.image_size=[16, 32, 64]",
     )
     hypermodel = hypermodel_for(config)
     assert type(hypermodel).__name__ == "BackboneHyperModel"
@@ -433,7 +433,12 @@ def test_backbone_space_maps_onto_the_backbone_config(tiny_config: Config) -> No
     assert "filters_1" not in hp.values  # the baseline's block hyperparameters are not part of a backbone search
     small = kt.HyperParameters()
     small.Fixed("image_size", 16)
-    assert "below the 32 pixels" in hypermodel.problem(small)  # rejected before any build
+    assert "needs inputs of at least 32x32 pixels, got 16x16" in hypermodel.problem(small)  # rejected before any build
+    for size, problem in ((64, "xception needs inputs of at least 71x71 pixels, got 64x64"), (32, None)):
+        hp = kt.HyperParameters()
+        hp.Fixed("backbone", "xception" if problem else "resnet50v2")
+        hp.Fixed("image_size", size)
+        assert (problem in hypermodel.problem(hp)) if problem else hypermodel.problem(hp) is None  # each backbone's own smallest
 
 
 def test_a_backbone_search_trains_two_stages(tiny_config: Config) -> None:

@@ -22,12 +22,12 @@ from app.config import Config, ConfigError, ConvBlock, from_dict, merge_tree, to
 from app.data import PreparedData, make_datasets
 from app.inference.evaluation import classification_metrics
 from app.inference.prediction import predict_probs
+from app.models.backbones import size_problem
 from app.models.geometry import baseline_geometry, conv_macs, shape_problem
 from app.training.callbacks import BestWeights
 from app.training.fitting import build_model, compile_model, fit_stages, plan_stages, set_trainable
 from tuning.space import REPORT_OBJECTIVES, Entry, SearchSpace
 
-MIN_BACKBONE_SIZE = 32  # Keras Applications refuse smaller inputs
 HYPERBAND_KEYS = ("tuner/epochs", "tuner/initial_epoch", "tuner/bracket", "tuner/round", "tuner/trial_id")
 
 
@@ -306,9 +306,7 @@ class BackboneHyperModel(ConfigHyperModel):
         self._declare(hp, tree, "image_size", "data.image_size")
 
     def model_problem(self, config: Config) -> str | None:
-        if config.data.image_size < MIN_BACKBONE_SIZE:
-            return f"image size {config.data.image_size} is below the {MIN_BACKBONE_SIZE} pixels Keras Applications accept"
-        return None
+        return size_problem(config.model.name, config.data.image_size)  # each backbone's own smallest (Xception: 71)
 
 
 def make_hypermodel(config: Config, space: SearchSpace, num_classes: int, multilabel: bool, train_images: int) -> ConfigHyperModel:

@@ -15,6 +15,7 @@ from typing import Any
 
 import keras_tuner as kt
 
+from app.checks import pipeline_problem
 from app.config import POOLS, Config, ConfigError, ScheduleConfig, check_choice, did_you_mean, from_dict, merge_tree, to_dict
 from app.models import is_backbone
 from app.models.backbones import BACKBONES, canonical_name
@@ -131,9 +132,7 @@ def _one_of(names: tuple[str, ...], what: str) -> Callable[[Any], str | None]:
 
 
 def _augment(v: str) -> str | None:
-    if v in PRESETS or v.endswith((".yaml", ".yml", ".json")):
-        return None
-    return f"unknown augmentation {v!r}; choose from {', '.join(PRESETS)} or the path of a pipeline saved by Albumentations"
+    return pipeline_problem(v, tuple(PRESETS))
 
 
 def _backbone(v: str) -> str | None:

@@ -209,15 +209,26 @@ def _load_local_weights(backbone: keras.Model, path: Path, spec: BackboneSpec) -
         raise _weights_error(path, spec, str(exc).splitlines()[0]) from None
 
 
+def size_problem(name: str, height: int, width: int | None = None) -> str | None:
+    """Why backbone `name` cannot take inputs of this size, or None: what the build, the config check at load and
+    the tuner's proposal check all ask."""
+    spec = get_spec(name)
+    width = height if width is None else width
+    if min(height, width) >= spec.min_size:
+        return None
+    return (
+        f"{spec.name} needs inputs of at least {spec.min_size}x{spec.min_size} pixels, got {height}x{width}. "
+        f"Fix: raise data.image_size (its ImageNet weights were trained at {spec.native_size})."
+    )
+
+
 def make_backbone(name: str, input_shape: tuple[int, int, int], weights: str | os.PathLike | None = "imagenet") -> keras.Model:
     """The Keras Applications model `name` without its top, with `weights`: "imagenet", a local file, or None."""
     spec = get_spec(name)
     height, width, channels = input_shape
-    if min(height, width) < spec.min_size:
-        raise ValueError(
-            f"{spec.name} needs inputs of at least {spec.min_size}x{spec.min_size} pixels, got {height}x{width}. "
-            f"Fix: raise data.image_size (its ImageNet weights were trained at {spec.native_size})."
-        )
+    problem = size_problem(name, height, width)
+    if problem:
+        raise ValueError(problem)
     if channels != 3:
         raise ValueError(f"{spec.name} takes RGB images (3 channels), got {channels}")
     kwargs = {"include_top": False, "input_shape": tuple(input_shape)}
