@@ -11,9 +11,11 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+from pipelines.errors import UserError
 
-class OutputExistsError(FileExistsError):
-    """The output file exists and overwriting was not asked for. The message is user-facing."""
+
+class OutputExistsError(UserError, FileExistsError):
+    """The output file exists and overwriting was not asked for."""
 
 
 _UMASK_LOCK = threading.Lock()

@@ -13,16 +13,18 @@ from typing import Any
 
 import yaml
 
+from pipelines.errors import UserError
 
-class ConfigError(ValueError):
-    """A config file or override that does not fit the schema. The message is user-facing."""
+
+class ConfigError(UserError, ValueError):
+    """A config file, override or config value that does not fit (the schema, a registry, a bound)."""
 
 
 MONITORS = ("val_loss", "val_accuracy", "val_auc", "loss", "accuracy", "auc")  # what fit logs (auc: multi-label)
 
 
 def did_you_mean(value: str, choices: list[str] | tuple[str, ...]) -> str:
-    """"; did you mean 'cosine'?" for the closest choice, or "" when none is close."""
+    """ "; did you mean 'cosine'?" for the closest choice, or "" when none is close."""
     text, names = str(value).lower(), [str(c) for c in choices]
     close = [n for n in names if n.startswith(text)] if len(text) >= 2 else []  # acc -> accuracy
     close = close or difflib.get_close_matches(text, names, n=1, cutoff=0.6)
@@ -65,7 +67,9 @@ class DataConfig:
     image_size: int = 64  # square model input, pixels
     batch_size: int = 32
     cache: bool = False  # decode and resize every image once, keep them in memory
-    workers: int | None = None  # processes decoding + augmenting training batches; None: the faster of threads (0) and one per core (pipelines.workers.auto_workers)
+    workers: int | None = (
+        None  # processes decoding + augmenting training batches; None: the faster of threads (0) and one per core (pipelines.workers.auto_workers)
+    )
     check_images: bool = True  # decode every image before training to report bad files up front
     skip_bad_images: bool = False  # leave unreadable images out (and report them) instead of stopping
 
@@ -75,7 +79,12 @@ class DataConfig:
         _require(self, "data.val_fraction", 0.0 <= self.val_fraction < 1.0, "a fraction in [0, 1) (e.g. 0.2)")
         _require(self, "data.workers", self.workers is None or self.workers >= 0, "0 (threads), a number of processes, or null (automatic)")
         _require(self, "data.folds", self.folds is None or self.folds >= 2, "a whole number of folds >= 2, or null")
-        _require(self, "data.fold", self.fold is None or (self.folds is not None and 1 <= self.fold <= self.folds), f"a fold in 1..data.folds ({self.folds}), with data.folds set")
+        _require(
+            self,
+            "data.fold",
+            self.fold is None or (self.folds is not None and 1 <= self.fold <= self.folds),
+            f"a fold in 1..data.folds ({self.folds}), with data.folds set",
+        )
         if self.folds is not None and self.val:
             raise ConfigError("config keys data.val and data.folds both choose the validation images. Fix: set one of them to null")
 
@@ -151,7 +160,10 @@ class ModelConfig:
 
     def __post_init__(self) -> None:
         if not self.blocks:
-            raise ConfigError("model.blocks is empty: the baseline CNN needs at least one block. Fix: give blocks, e.g. [[32], [64], [128]], or leave the key out for the default")
+            raise ConfigError(
+                "model.blocks is empty: the baseline CNN needs at least one block. "
+                "Fix: give blocks, e.g. [[32], [64], [128]], or leave the key out for the default"
+            )
         if not 0.0 <= self.dropout < 1.0:
             raise ConfigError(f"model.dropout={self.dropout}: expected a rate in [0, 1)")
 
@@ -212,7 +224,9 @@ class TrainConfig:
         _require(self, "train.momentum", 0.0 <= self.momentum < 1.0, "a number in [0, 1)")
         _require(self, "train.label_smoothing", 0.0 <= self.label_smoothing < 1.0, "a number in [0, 1) (e.g. 0.1)")
         _require(self, "train.early_stopping_patience", self.early_stopping_patience >= 0, "a whole number of epochs >= 0 (0: no early stopping)")
-        _require(self, "train.early_stopping_start", self.early_stopping_start is None or self.early_stopping_start >= 0, "a whole number of epochs >= 0, or null")
+        _require(
+            self, "train.early_stopping_start", self.early_stopping_start is None or self.early_stopping_start >= 0, "a whole number of epochs >= 0, or null"
+        )
         _require(self, "train.feature_views", self.feature_views >= 0, "a whole number >= 0 (0: the plain image only)")
         _require(self, "train.verbose", self.verbose in (0, 1, 2), "0, 1 or 2")
         check_choice("train.monitor", self.monitor, MONITORS)
@@ -442,6 +456,23 @@ def shipped_configs() -> dict[str, Path]:
     return {path.stem: path for path in sorted(SHIPPED_CONFIGS.glob("*.yaml"))}
 
 
+def copy_shipped_configs(folder: str | os.PathLike, force: bool = False) -> list[Path]:
+    """Copy the shipped configs (and their augmentation example) into `folder`, to edit. Every copy is checked before
+    any is written, so that a user's edited file is never replaced without `force`; each is written atomically."""
+    from app.atomic import OutputExistsError, atomic_write, check_output
+
+    folder = Path(folder)
+    if folder.exists() and not folder.is_dir():
+        raise OutputExistsError(f"{folder}: is a file. Fix: give a folder to write the configs into")
+    copies = {path: folder / path.relative_to(SHIPPED_CONFIGS) for path in sorted(SHIPPED_CONFIGS.rglob("*.yaml"))}
+    for target in copies.values():
+        check_output(target, force=force)
+    for path, target in copies.items():
+        text = path.read_text()
+        atomic_write(target, lambda tmp, text=text: tmp.write_text(text), force=force)
+    return list(copies.values())
+
+
 def config_path(path: str | os.PathLike) -> Path:
     """A YAML file, or the name of a shipped config (a file of that name in the current folder comes first)."""
     given = Path(path)
@@ -454,9 +485,7 @@ def config_path(path: str | os.PathLike) -> Path:
     raise ConfigError(f"{path}: config file not found. Fix: pass a YAML file, or the name of a shipped config: {', '.join(shipped)}{hint}")
 
 
-def load_config(
-    path: str | os.PathLike | None = None, overrides: list[str] | None = None, base: Config | None = None, check_files: bool = True
-) -> Config:
+def load_config(path: str | os.PathLike | None = None, overrides: list[str] | None = None, base: Config | None = None, check_files: bool = True) -> Config:
     """Defaults (or `base`), then the YAML file (or shipped config) at `path`, then `overrides`; validated against the
     schema and every name against its registry (app/checks.py), before any image is read. `check_files`: also
     that augmentation pipeline files exist (not for a saved run, which may have moved to another machine)."""

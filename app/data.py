@@ -12,7 +12,7 @@ import albumentations as A
 import numpy as np
 import tensorflow as tf
 
-from app.config import Config, DataConfig
+from app.config import Config, ConfigError, DataConfig
 from app.training.optimization import class_weights
 from pipelines.augment import build_transform
 from pipelines.batches import decode_hint, keep_rows
@@ -64,13 +64,19 @@ def load_train_val(cfg: DataConfig, seed: int) -> tuple[ImageSet, ImageSet]:
     """Training and validation sets: the given validation set, fold `data.fold` of `data.folds` seeded stratified
     folds, or a seeded stratified split of the training set."""
     if not cfg.train:
-        raise DataError("no training data configured. Fix: set data.train to a folder of class sub-folders or a CSV: imgclf train DATA, or --set data.train=DATA (docs/data.md).")
+        raise DataError(
+            "no training data configured. "
+            "Fix: set data.train to a folder of class sub-folders or a CSV: imgclf train DATA, or --set data.train=DATA (docs/data.md)."
+        )
     train = load_labeled(cfg.train, cfg.train_images, cfg)
     if cfg.val:
         return train, load_labeled(cfg.val, cfg.val_images, cfg, class_names=train.class_names)
     if cfg.folds:
         if cfg.fold is None:
-            raise DataError(f"data.folds={cfg.folds} but no data.fold: which fold is this run's validation set? Fix: set data.fold (1..{cfg.folds}), or run `imgclf cv` to train every fold")
+            raise DataError(
+                f"data.folds={cfg.folds} but no data.fold: which fold is this run's validation set? "
+                f"Fix: set data.fold (1..{cfg.folds}), or run `imgclf cv` to train every fold"
+            )
         train_idx, val_idx = kfold_splits(train.labels, cfg.folds, seed)[cfg.fold - 1]
         return train.subset(train_idx), train.subset(val_idx)
     train_idx, val_idx = train_val_split(train.labels, cfg.val_fraction, seed)
@@ -246,7 +252,7 @@ def make_datasets(config: Config, data: PreparedData, strategy: tf.distribute.St
     whole = replicas > 1
     val_set = data.val
     if whole and min(len(data.train), len(val_set) if val_set is not None else math.inf) < config.data.batch_size:
-        raise ValueError(
+        raise ConfigError(
             f"with {replicas} replicas every batch must be whole, and the training or validation set "
             f"is smaller than one batch of {config.data.batch_size}. Fix: lower data.batch_size."
         )
@@ -255,7 +261,9 @@ def make_datasets(config: Config, data: PreparedData, strategy: tf.distribute.St
         log.info("%d validation images are left out of the per-epoch scores (whole batches on %d replicas)", left_out, replicas)
     val_ds = made_val = None
     if val_set is not None:
-        val_ds = made_val = make_tf_dataset(val_set, config.data, config.augment.eval, training=False, seed=config.seed, cache=data.val_cache, drop_remainder=whole)
+        val_ds = made_val = make_tf_dataset(
+            val_set, config.data, config.augment.eval, training=False, seed=config.seed, cache=data.val_cache, drop_remainder=whole
+        )
     workers, why = training_workers(config.data, len(data.train))
     log.info("training batches from %s", why)
     made = make_tf_dataset(

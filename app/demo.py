@@ -16,6 +16,7 @@ from pipelines.datasets.digits import export_digits
 
 DEMO_AUGMENT = SHIPPED_CONFIGS / "augment" / "digits.yaml"
 
+
 def demo_config(dataset_dir: Path, overrides: list[str] | None = None) -> Config:
     """The demo's settings: a small CNN on 32x32 digits, trained for up to 30 epochs."""
     base = {
@@ -36,11 +37,13 @@ def demo_config(dataset_dir: Path, overrides: list[str] | None = None) -> Config
     }
     return load_config(overrides=list(overrides or []), base=from_dict(Config, base))  # --set values checked as train's
 
+
 @dataclass
 class DemoResult:
     run_dir: Path
     holdout: dict[str, float]
     submission: Path
+
 
 def run_demo(cache_dir: str | Path | None = None, overrides: list[str] | None = None) -> DemoResult:
     """Export the digits (once), train, score the hold-out test labels, and write the run's submission.csv."""

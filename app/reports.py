@@ -56,8 +56,16 @@ def plot_confusion_matrix(images: ImageSet, probs: np.ndarray, path: str | os.Pa
         side = min(max(6.0, 0.35 * len(names)), 40.0)
         fig, ax = subplots(figsize=(side, side))
         ConfusionMatrixDisplay.from_predictions(
-            truth, probs.argmax(axis=1), labels=list(range(len(names))), display_labels=names, normalize="true",
-            include_values=len(names) <= 20, values_format=".2f", xticks_rotation="vertical", ax=ax, colorbar=len(names) <= 20,
+            truth,
+            probs.argmax(axis=1),
+            labels=list(range(len(names))),
+            display_labels=names,
+            normalize="true",
+            include_values=len(names) <= 20,
+            values_format=".2f",
+            xticks_rotation="vertical",
+            ax=ax,
+            colorbar=len(names) <= 20,
         )
         ax.set_title("confusion matrix (rows: truth, normalised)")
     fig.tight_layout()

@@ -57,10 +57,20 @@ def main(argv: list[str] | None = None) -> int:
     work = Path(tempfile.mkdtemp(prefix="imgclf-ensembles-"))
     try:
         train_dir, holdout_dir = split_holdout(Path(args.data), work, args.holdout, args.seed, limit)
-        config = load_config("example", [
-            f"data.train={train_dir}", f"data.image_size={args.size}", "data.cache=true", f"train.epochs={args.epochs}",
-            "train.early_stopping_patience=0", "train.verbose=0", "output.tensorboard=false", f"output.dir={work / 'runs'}", f"seed={args.seed}",
-        ])
+        config = load_config(
+            "example",
+            [
+                f"data.train={train_dir}",
+                f"data.image_size={args.size}",
+                "data.cache=true",
+                f"train.epochs={args.epochs}",
+                "train.early_stopping_patience=0",
+                "train.verbose=0",
+                "output.tensorboard=false",
+                f"output.dir={work / 'runs'}",
+                f"seed={args.seed}",
+            ],
+        )
         started = time.perf_counter()
         single = load_run(train(config).run_dir)
         single_seconds = time.perf_counter() - started
@@ -75,8 +85,13 @@ def main(argv: list[str] | None = None) -> int:
             return {k: round(metrics[k], 4) for k in ("accuracy", "log_loss", "macro_f1")}
 
         report = {
-            "data": args.data, "image_size": args.size, "epochs_per_model": args.epochs, "folds": args.folds, "tta": args.tta,
-            "holdout_images": len(holdout), "seed": args.seed,
+            "data": args.data,
+            "image_size": args.size,
+            "epochs_per_model": args.epochs,
+            "folds": args.folds,
+            "tta": args.tta,
+            "holdout_images": len(holdout),
+            "seed": args.seed,
             "single_model": {**scores(single), "seconds": round(single_seconds, 1)},
             "single_model_tta": scores(single, args.tta),
             "fold_models_mean": {k: round(v, 4) for k, v in cv.mean.items() if k in ("accuracy", "log_loss", "macro_f1")},

@@ -70,8 +70,11 @@ def measure(run: Run, size: int, calls: int, rounds: int) -> dict[str, Any]:
         for _ in range(5):
             engines[fmt](image)
         rows[fmt] = {
-            "path": str(exported.path), "size_mb": round(exported.size_bytes / 1e6, 2), "load_seconds": round(load_seconds, 2),
-            "max_abs_diff": float(np.max(np.abs(engines[fmt](batch) - reference))), "ms": [],
+            "path": str(exported.path),
+            "size_mb": round(exported.size_bytes / 1e6, 2),
+            "load_seconds": round(load_seconds, 2),
+            "max_abs_diff": float(np.max(np.abs(engines[fmt](batch) - reference))),
+            "ms": [],
         }
     for _ in range(rounds):
         for fmt in FORMATS:
@@ -101,8 +104,10 @@ def main(argv: list[str] | None = None) -> int:
             report["models"][f"{name}@{size}"] = rows
             print(f"\n{name} at {size} px: format, size, one-image latency (median), ratio to .keras, load time, max |diff| on 8 images")
             for fmt, row in rows.items():
-                print(f"  {fmt:12s} {row['size_mb']:8.2f} MB  {row['one_image_ms']:8.2f} ms  {row['latency_vs_keras']:6.2f}x  "
-                      f"{row['load_seconds']:6.2f} s  {row['max_abs_diff']:.1e}")
+                print(
+                    f"  {fmt:12s} {row['size_mb']:8.2f} MB  {row['one_image_ms']:8.2f} ms  {row['latency_vs_keras']:6.2f}x  "
+                    f"{row['load_seconds']:6.2f} s  {row['max_abs_diff']:.1e}"
+                )
     finally:
         shutil.rmtree(work, ignore_errors=True)
     out = Path(args.output)

@@ -59,7 +59,7 @@ from app.data import load_labeled  # noqa: E402
 from app.inference.evaluation import evaluate_images  # noqa: E402
 from app.runs import load_run  # noqa: E402
 from app.training.run import train  # noqa: E402
-from tuning.search import search, train_best  # noqa: E402
+from tuning import search, train_best  # noqa: E402
 
 SHARED = REPO.parent / "shared"
 WEIGHTS = Path.home() / ".cache" / "imgclf" / "weights" / "xception_imagenet_notop.weights.h5"
@@ -111,9 +111,7 @@ def toolkit_config(train_dir: Path, out: Path, seed: int, overrides: list[str], 
     ])  # fmt: skip
 
 
-def run_toolkit(
-    train_dir: Path, holdout_dir: Path, out: Path, seed: int, overrides: list[str], quick: bool, deadline: float | None = None
-) -> dict[str, Any]:
+def run_toolkit(train_dir: Path, holdout_dir: Path, out: Path, seed: int, overrides: list[str], quick: bool, deadline: float | None = None) -> dict[str, Any]:
     """configs/finetune.yaml with `overrides`, scored on the hold-out set; `deadline` (perf_counter seconds): stop at
     the end of the epoch after which another would pass it."""
     config = toolkit_config(train_dir, out, seed, overrides, quick)

@@ -106,7 +106,14 @@ def free_ports(count: int) -> list[int]:
 def run(processes: list[tuple[str, str, int]], overrides: list[str], engine: str = "fit") -> dict[str, Any]:
     env = {**os.environ, "NO_ALBUMENTATIONS_UPDATE": "1", "TF_CPP_MIN_LOG_LEVEL": "2"}
     started = [
-        subprocess.Popen([sys.executable, "-c", RUN, engine, cores, cluster, str(index), *overrides], cwd=REPO, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+        subprocess.Popen(
+            [sys.executable, "-c", RUN, engine, cores, cluster, str(index), *overrides],
+            cwd=REPO,
+            env=env,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+        )
         for cores, cluster, index in processes
     ]
     outputs = [process.communicate(timeout=1800) for process in started]
@@ -142,7 +149,8 @@ def main(argv: list[str] | None = None) -> int:
     work = Path(tempfile.mkdtemp(prefix="imgclf-multiworker-bench-"))
     try:
         data = make_images(work / "images", args.images)
-        overrides = [f"data.train={data}", "data.image_size=32", f"data.batch_size={args.batch_size}", "data.cache=true", "model.blocks=[[16], [32], [64]]", *args.set,
+        overrides = [f"data.train={data}", "data.image_size=32", f"data.batch_size={args.batch_size}",
+                     "data.cache=true", "model.blocks=[[16], [32], [64]]", *args.set,
                      f"train.epochs={args.epochs}", "train.early_stopping_patience=0", "train.verbose=0", f"output.dir={work / 'runs'}"]  # fmt: skip
         a, b = (str(c) for c in cores)
         names = ("two_workers_one_core_each", "two_workers_custom_loop", "one_process_one_core", "one_process_two_cores")
@@ -157,7 +165,9 @@ def main(argv: list[str] | None = None) -> int:
         started = time.perf_counter()
         for r in range(args.rounds):
             order = names if r % 2 == 0 else names[::-1]
-            row = {name: images_per_second(run(processes(name), overrides, "loop" if name.endswith("custom_loop") else "fit"), args.batch_size) for name in order}
+            row = {
+                name: images_per_second(run(processes(name), overrides, "loop" if name.endswith("custom_loop") else "fit"), args.batch_size) for name in order
+            }
             rounds.append(row)
             print(f"round {r + 1}: " + ", ".join(f"{name} {row[name]:.0f} img/s" for name in names), flush=True)
     finally:
@@ -176,9 +186,11 @@ def main(argv: list[str] | None = None) -> int:
     out = Path(args.output)
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(json.dumps(report, indent=2) + "\n")
-    print(f"two one-core workers / one process on one core: {report['two_workers_over_one_process_one_core']:.2f}; "
-          f"/ one process on both cores: {report['two_workers_over_one_process_two_cores']:.2f}; "
-          f"a custom strategy.run loop / Keras fit, two workers: {report['custom_loop_over_fit_two_workers']:.2f}")
+    print(
+        f"two one-core workers / one process on one core: {report['two_workers_over_one_process_one_core']:.2f}; "
+        f"/ one process on both cores: {report['two_workers_over_one_process_two_cores']:.2f}; "
+        f"a custom strategy.run loop / Keras fit, two workers: {report['custom_loop_over_fit_two_workers']:.2f}"
+    )
     print(f"written: {out}")
     return 0
 

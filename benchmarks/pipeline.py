@@ -116,7 +116,7 @@ def rate(passes: Callable[[], int], repeats: int, warm_up: bool = True, pin: boo
 def rounds(passes: dict[str, tuple[Callable[[], int], bool]], repeats: int) -> dict[str, list[float]]:
     """img/s of each (pass, pinned) in turn, `repeats` rounds after a warm-up round: figures of one round were
     taken seconds apart, so their ratios hold even when the machine's speed drifts."""
-    for name, (passes_once, pin) in passes.items():
+    for passes_once, pin in passes.values():
         rate(passes_once, 1, warm_up=False, pin=pin)
     out: dict[str, list[float]] = {name: [] for name in passes}
     for _ in range(repeats):
@@ -231,6 +231,7 @@ def measure_modes(size: int, paths: list[str], batch: int, repeats: int, workers
         if mode == "cached":
             ds = tf.data.Dataset.from_tensor_slices(cache)
         else:
+
             def decode(path):
                 image = tf.io.decode_jpeg(tf.io.read_file(path), channels=3)
                 return tf.cast(tf.image.resize(image, shape, antialias=True), tf.uint8)
@@ -251,8 +252,18 @@ def measure_modes(size: int, paths: list[str], batch: int, repeats: int, workers
         return lambda: count_batches(ds)
 
     def project(mode: str, n_workers: int) -> tuple[Callable[[], int], Any]:
-        base = make_dataset(images, shape, batch, transform=transform, shuffle=True, seed=0, cache=cache if mode == "cached" else None,
-                            workers=n_workers, num_parallel_calls=max(CORES, 2 * n_workers), batches_per_call=per_call)
+        base = make_dataset(
+            images,
+            shape,
+            batch,
+            transform=transform,
+            shuffle=True,
+            seed=0,
+            cache=cache if mode == "cached" else None,
+            workers=n_workers,
+            num_parallel_calls=max(CORES, 2 * n_workers),
+            batches_per_call=per_call,
+        )
         ds = no_autotune(base)
         return (lambda: count_batches(ds)), base
 
@@ -303,8 +314,18 @@ def scaling_rate(spec: dict) -> float:
     paths, shape, n_workers = spec["paths"], (spec["size"], spec["size"]), spec["workers"]
     images = two_class_set(paths)
     cache, _ = decode_all(paths, shape)
-    base = make_dataset(images, shape, spec["batch"], transform=build_transform("medium", shape), shuffle=True, seed=0, cache=cache,
-                        workers=n_workers, num_parallel_calls=2 * n_workers, batches_per_call=spec["per_call"])
+    base = make_dataset(
+        images,
+        shape,
+        spec["batch"],
+        transform=build_transform("medium", shape),
+        shuffle=True,
+        seed=0,
+        cache=cache,
+        workers=n_workers,
+        num_parallel_calls=2 * n_workers,
+        batches_per_call=spec["per_call"],
+    )
     ds = no_autotune(base)
     try:
         return rate(lambda: count_batches(ds), spec["repeats"])
@@ -318,8 +339,16 @@ def measure_scaling(size: int, paths: list[str], batch: int, repeats: int, per_c
     cpus = sorted(os.sched_getaffinity(0))
 
     def child(on: list[int], n_workers: int) -> float:
-        spec = {"cpus": on, "workers": n_workers, "paths": paths, "size": size, "batch": batch, "repeats": 2, "per_call": per_call,
-                "benchmarks": str(Path(__file__).resolve().parent)}
+        spec = {
+            "cpus": on,
+            "workers": n_workers,
+            "paths": paths,
+            "size": size,
+            "batch": batch,
+            "repeats": 2,
+            "per_call": per_call,
+            "benchmarks": str(Path(__file__).resolve().parent),
+        }
         with tempfile.NamedTemporaryFile("w", suffix=".json") as arg:  # the path list can exceed a command line
             json.dump(spec, arg)
             arg.flush()
@@ -361,8 +390,9 @@ def measure_fit(paths: list[str], batch: int, repeats: int, workers: int, per_ca
         model.fit(arrays, epochs=1, verbose=0, shuffle=False)
         return len(paths)
 
-    base = make_dataset(images, shape, batch, transform=transform, shuffle=True, seed=0, cache=cache, workers=workers, num_parallel_calls=2 * workers,
-                        batches_per_call=per_call)
+    base = make_dataset(
+        images, shape, batch, transform=transform, shuffle=True, seed=0, cache=cache, workers=workers, num_parallel_calls=2 * workers, batches_per_call=per_call
+    )
     ds = no_autotune(base)
 
     def fit_pipeline() -> int:
@@ -370,7 +400,10 @@ def measure_fit(paths: list[str], batch: int, repeats: int, workers: int, per_ca
         return len(paths)
 
     try:
-        measured = rounds({"A_cached": (own_work(paths, 32, transform, cache), True), "F_arrays": (fit_arrays, False), "fit_with_augmentation": (fit_pipeline, False)}, repeats)
+        measured = rounds(
+            {"A_cached": (own_work(paths, 32, transform, cache), True), "F_arrays": (fit_arrays, False), "fit_with_augmentation": (fit_pipeline, False)},
+            repeats,
+        )
     finally:
         base.worker_pool.close()
     limits = [1 / (1 / f + 1 / (CORES * a)) for f, a in zip(measured["F_arrays"], measured["A_cached"], strict=True)]
@@ -441,12 +474,20 @@ def measure_rss(paths: list[str], workers: int) -> dict:
     for factor, mode in ((1, "files"), (10, "files"), (10, "cached"), (10, "cached_copy")):
         done = subprocess.run(
             [sys.executable, "-c", RSS_CHILD, str(Path(__file__).resolve().parents[1]), str(listing), str(factor), str(workers), mode],
-            capture_output=True, text=True, check=True,
+            capture_output=True,
+            text=True,
+            check=True,
         )
         n, own, children, pss, cache = (int(v) for v in done.stdout.split()[-5:])
         key = f"x{factor}" if mode == "files" else f"x{factor}_{mode}"
-        out[key] = {"images": n, "peak_rss_kib": own, "workers_peak_rss_kib": children, "total_peak_rss_kib": own + children,
-                    "peak_pss_kib": pss, "cache_kib": cache}
+        out[key] = {
+            "images": n,
+            "peak_rss_kib": own,
+            "workers_peak_rss_kib": children,
+            "total_peak_rss_kib": own + children,
+            "peak_pss_kib": pss,
+            "cache_kib": cache,
+        }
     listing.unlink()
     out["P4_rss_ratio"] = out["x10"]["peak_rss_kib"] / out["x1"]["peak_rss_kib"]
     out["P4_total_rss_ratio"] = out["x10"]["total_peak_rss_kib"] / out["x1"]["total_peak_rss_kib"]
@@ -498,11 +539,20 @@ def measure_startup(paths: list[str], workers: int, repeats: int) -> dict:
         script, listing = Path(tmp) / "startup.py", Path(tmp) / "paths.txt"
         script.write_text(STARTUP_CHILD)
         listing.write_text("\n".join(paths))
-        done = subprocess.run([sys.executable, str(script), str(Path(__file__).resolve().parents[1]), str(listing), str(workers), str(max(repeats, 1))],
-                              capture_output=True, text=True, check=True)
+        done = subprocess.run(
+            [sys.executable, str(script), str(Path(__file__).resolve().parents[1]), str(listing), str(workers), str(max(repeats, 1))],
+            capture_output=True,
+            text=True,
+            check=True,
+        )
     library, rerun, library_rss, rerun_rss = (float(v) for v in done.stdout.split()[-4:])
-    return {"library_transform_s": library, "transform_from_the_script_s": rerun, "speedup": rerun / library,
-            "library_transform_worker_rss_mib": library_rss / 1024, "transform_from_the_script_worker_rss_mib": rerun_rss / 1024}
+    return {
+        "library_transform_s": library,
+        "transform_from_the_script_s": rerun,
+        "speedup": rerun / library,
+        "library_transform_worker_rss_mib": library_rss / 1024,
+        "transform_from_the_script_worker_rss_mib": rerun_rss / 1024,
+    }
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -513,9 +563,14 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--batch", type=int, default=64)
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--workers", type=int, default=CORES, help="worker processes for the project's pipeline (default: cores)")
-    parser.add_argument("--batches-per-call", type=int, default=None, help="batches per Python call (default: the pipeline's own choice; 1: as before it amortized calls)")
-    parser.add_argument("--threads-vs-workers", action="store_true",
-                        help="only A, threads and workers per size (what the automatic choice is set from; no other ways, scaling, fit or memory)")
+    parser.add_argument(
+        "--batches-per-call", type=int, default=None, help="batches per Python call (default: the pipeline's own choice; 1: as before it amortized calls)"
+    )
+    parser.add_argument(
+        "--threads-vs-workers",
+        action="store_true",
+        help="only A, threads and workers per size (what the automatic choice is set from; no other ways, scaling, fit or memory)",
+    )
     parser.add_argument("--quick", action="store_true", help="256 images, 1 repeat: checks that the script runs")
     parser.add_argument("--output", default=str(Path(__file__).resolve().parent / "results" / "pipeline.json"))
     args = parser.parse_args(argv)
@@ -527,13 +582,23 @@ def main(argv: list[str] | None = None) -> int:
         else:
             source = make_jpegs(Path(tmp) / "jpegs", args.images or (256 if args.quick else 2048))
         per_call = args.batches_per_call
-        report: dict = {"cores": CORES, "workers": args.workers, "batch": args.batch, "repeats": repeats, "images_dir": args.images_dir,
-                        "batches_per_call": per_call or "default", "sizes": {}}
+        report: dict = {
+            "cores": CORES,
+            "workers": args.workers,
+            "batch": args.batch,
+            "repeats": repeats,
+            "images_dir": args.images_dir,
+            "batches_per_call": per_call or "default",
+            "sizes": {},
+        }
         print(f"{CORES} cores, {args.workers} workers, batch {args.batch}, median of {repeats}", flush=True)
         for size in args.sizes:
             count = args.images or (256 if args.quick else (8192 if size <= 64 else 2048))
             paths = (source * (count // len(source) + 1))[:count]
-            report["sizes"][str(size)] = {"images": count, **measure_modes(size, paths, args.batch, repeats, args.workers, per_call, others=not args.threads_vs_workers)}
+            report["sizes"][str(size)] = {
+                "images": count,
+                **measure_modes(size, paths, args.batch, repeats, args.workers, per_call, others=not args.threads_vs_workers),
+            }
         count = args.images or (256 if args.quick else 8192)
         small = (source * (count // len(source) + 1))[:count]
         if not args.threads_vs_workers:

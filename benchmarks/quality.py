@@ -91,39 +91,54 @@ def make_set(name: str, work: Path, holdout: float, seed: int, limit: int | None
 
 
 def run_toolkit(train_dir: Path, holdout_dir: Path, size: int, out: Path, seed: int, overrides: list[str], quick: bool) -> dict[str, Any]:
-    config = load_config("example", [
-        f"data.train={train_dir}", f"data.image_size={size}", f"output.dir={out}", "train.verbose=0", f"seed={seed}",
-        *(["train.epochs=1"] if quick else []), *overrides,
-    ])
+    config = load_config(
+        "example",
+        [
+            f"data.train={train_dir}",
+            f"data.image_size={size}",
+            f"output.dir={out}",
+            "train.verbose=0",
+            f"seed={seed}",
+            *(["train.epochs=1"] if quick else []),
+            *overrides,
+        ],
+    )
     started = time.perf_counter()
     result = train(config)
     seconds = time.perf_counter() - started
     run = load_run(result.run_dir)
     metrics, _ = evaluate_images(run, load_labeled(str(holdout_dir), None, config.data, class_names=run.class_names))
     return {
-        "seconds": round(seconds, 1), "accuracy": metrics["accuracy"], "log_loss": metrics["log_loss"], "val_accuracy": result.metrics["val"]["accuracy"],
-        "epochs_run": result.metrics["epochs_run"], "best_epoch": result.metrics["best_epoch"], "stopped": result.metrics.get("stopped"),
+        "seconds": round(seconds, 1),
+        "accuracy": metrics["accuracy"],
+        "log_loss": metrics["log_loss"],
+        "val_accuracy": result.metrics["val"]["accuracy"],
+        "epochs_run": result.metrics["epochs_run"],
+        "best_epoch": result.metrics["best_epoch"],
+        "stopped": result.metrics.get("stopped"),
     }
 
 
 def plain_keras_model(size: int, num_classes: int) -> keras.Model:
     """The tutorial's model (tensorflow.org/tutorials/images/classification, keras-io's simple CNNs)."""
-    model = keras.Sequential([
-        keras.Input((size, size, 3)),
-        layers.RandomFlip("horizontal"),
-        layers.RandomRotation(0.1),
-        layers.Rescaling(1.0 / 255),
-        layers.Conv2D(16, 3, padding="same", activation="relu"),
-        layers.MaxPooling2D(),
-        layers.Conv2D(32, 3, padding="same", activation="relu"),
-        layers.MaxPooling2D(),
-        layers.Conv2D(64, 3, padding="same", activation="relu"),
-        layers.MaxPooling2D(),
-        layers.Dropout(0.2),
-        layers.Flatten(),
-        layers.Dense(128, activation="relu"),
-        layers.Dense(num_classes, activation="softmax"),
-    ])
+    model = keras.Sequential(
+        [
+            keras.Input((size, size, 3)),
+            layers.RandomFlip("horizontal"),
+            layers.RandomRotation(0.1),
+            layers.Rescaling(1.0 / 255),
+            layers.Conv2D(16, 3, padding="same", activation="relu"),
+            layers.MaxPooling2D(),
+            layers.Conv2D(32, 3, padding="same", activation="relu"),
+            layers.MaxPooling2D(),
+            layers.Conv2D(64, 3, padding="same", activation="relu"),
+            layers.MaxPooling2D(),
+            layers.Dropout(0.2),
+            layers.Flatten(),
+            layers.Dense(128, activation="relu"),
+            layers.Dense(num_classes, activation="softmax"),
+        ]
+    )
     model.compile(keras.optimizers.Adam(1e-3), "sparse_categorical_crossentropy", metrics=["accuracy"])
     return model
 
@@ -156,9 +171,11 @@ def run_plain(train_dir: Path, holdout_dir: Path, size: int, budget: float, seed
     labels = np.array([index[p.parent.name] for p in files])
     probs = model.predict(images, batch_size=64, verbose=0)
     return {
-        "seconds": round(seconds, 1), "accuracy": float(np.mean(probs.argmax(1) == labels)),
+        "seconds": round(seconds, 1),
+        "accuracy": float(np.mean(probs.argmax(1) == labels)),
         "log_loss": float(log_loss(labels, np.clip(probs, 1e-7, 1), labels=list(range(num_classes)))),
-        "val_accuracy": float(history.history["val_accuracy"][-1]), "epochs_run": len(history.history["loss"]),
+        "val_accuracy": float(history.history["val_accuracy"][-1]),
+        "epochs_run": len(history.history["loss"]),
     }
 
 
@@ -167,8 +184,14 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--sets", nargs="+", default=list(SETS), choices=SETS)
     parser.add_argument("--holdout", type=float, default=0.15)
     parser.add_argument("--seed", type=int, default=42)
-    parser.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
-                        help="override the toolkit's config (configs/example.yaml) to try another default (repeatable)")
+    parser.add_argument(
+        "--set",
+        dest="overrides",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="override the toolkit's config (configs/example.yaml) to try another default (repeatable)",
+    )
     parser.add_argument("--quick", action="store_true", help="200 images per set, one epoch: checks that the script runs")
     parser.add_argument("--output", default=str(REPO / "benchmarks" / "results" / "quality.json"))
     args = parser.parse_args(argv)
@@ -183,13 +206,20 @@ def main(argv: list[str] | None = None) -> int:
             train_dir, holdout_dir = make_set(name, work, args.holdout, args.seed, 200 if args.quick else None)
             toolkit = run_toolkit(train_dir, holdout_dir, size, work / "runs", args.seed, args.overrides, args.quick)
             plain = run_plain(train_dir, holdout_dir, size, toolkit["seconds"], args.seed)
-            row = {"image_size": size, "toolkit": toolkit, "plain_keras": plain,
-                   "accuracy_gain": round(toolkit["accuracy"] - plain["accuracy"], 4),
-                   "toolkit_wins": toolkit["accuracy"] > plain["accuracy"] and toolkit["log_loss"] < plain["log_loss"]}
+            row = {
+                "image_size": size,
+                "toolkit": toolkit,
+                "plain_keras": plain,
+                "accuracy_gain": round(toolkit["accuracy"] - plain["accuracy"], 4),
+                "toolkit_wins": toolkit["accuracy"] > plain["accuracy"] and toolkit["log_loss"] < plain["log_loss"],
+            }
             report["sets"][name] = row
-            print(f"{name} ({size} px): toolkit {toolkit['accuracy']:.4f} acc, {toolkit['log_loss']:.3f} log-loss, {toolkit['seconds']:.0f} s, "
-                  f"{toolkit['epochs_run']} epochs | plain Keras {plain['accuracy']:.4f}, {plain['log_loss']:.3f}, {plain['seconds']:.0f} s, "
-                  f"{plain['epochs_run']} epochs", flush=True)
+            print(
+                f"{name} ({size} px): toolkit {toolkit['accuracy']:.4f} acc, {toolkit['log_loss']:.3f} log-loss, {toolkit['seconds']:.0f} s, "
+                f"{toolkit['epochs_run']} epochs | plain Keras {plain['accuracy']:.4f}, {plain['log_loss']:.3f}, {plain['seconds']:.0f} s, "
+                f"{plain['epochs_run']} epochs",
+                flush=True,
+            )
     finally:
         shutil.rmtree(work, ignore_errors=True)
     out = Path(args.output)

@@ -44,7 +44,7 @@ from app.inference.evaluation import evaluate_images  # noqa: E402
 from app.runs import load_run  # noqa: E402
 from app.training.run import train  # noqa: E402
 from pipelines.sources import from_folder  # noqa: E402
-from tuning.search import search, train_best  # noqa: E402
+from tuning import search, train_best  # noqa: E402
 
 IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".bmp", ".gif", ".webp", ".tif", ".tiff"}
 
@@ -85,8 +85,14 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--final-minutes", type=float, default=None, help="the final run trains about this long (default: the config's tune.final_minutes, 25)")
     parser.add_argument("--holdout", type=float, default=0.15)
     parser.add_argument("--seed", type=int, default=42)
-    parser.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
-                        help="override the search's config (configs/search.yaml), e.g. tune.tuner=hyperband (repeatable)")
+    parser.add_argument(
+        "--set",
+        dest="overrides",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="override the search's config (configs/search.yaml), e.g. tune.tuner=hyperband (repeatable)",
+    )
     parser.add_argument("--quick", action="store_true", help="300 images, 1-minute search, few epochs: checks that the script runs")
     parser.add_argument("--output", default=str(REPO / "benchmarks" / "results" / "search_quality.json"))
     args = parser.parse_args(argv)
@@ -128,20 +134,37 @@ def main(argv: list[str] | None = None) -> int:
         reference_seconds = time.perf_counter() - reference_started
 
         report: dict[str, Any] = {
-            "data": args.data, "image_size": args.size, "holdout_fraction": args.holdout, "seed": args.seed, "search_overrides": args.overrides,
-            "search_minutes": search_config.tune.max_minutes, "trial_epochs": search_config.train.epochs,
-            "final_epochs": search_config.tune.final_epochs, "final_minutes": search_config.tune.final_minutes, "final_settings": search_config.tune.final,
+            "data": args.data,
+            "image_size": args.size,
+            "holdout_fraction": args.holdout,
+            "seed": args.seed,
+            "search_overrides": args.overrides,
+            "search_minutes": search_config.tune.max_minutes,
+            "trial_epochs": search_config.train.epochs,
+            "final_epochs": search_config.tune.final_epochs,
+            "final_minutes": search_config.tune.final_minutes,
+            "final_settings": search_config.tune.final,
             "search": {
-                "search_dir": str(result.search_dir), "trials": len(result.trials), "rejected_proposals": result.rejected,
-                "best_trial_val": result.best_score, "search_seconds": round(searched, 1), "final_run_seconds": round(budget - searched, 1),
-                "budget_seconds": round(budget, 1), "best_config": _short(load_config(result.best_config)),
-                "val": trained.metrics["val"], "holdout": holdout_scores(trained.run_dir, holdout),
+                "search_dir": str(result.search_dir),
+                "trials": len(result.trials),
+                "rejected_proposals": result.rejected,
+                "best_trial_val": result.best_score,
+                "search_seconds": round(searched, 1),
+                "final_run_seconds": round(budget - searched, 1),
+                "budget_seconds": round(budget, 1),
+                "best_config": _short(load_config(result.best_config)),
+                "val": trained.metrics["val"],
+                "holdout": holdout_scores(trained.run_dir, holdout),
                 "trials_table": json.loads(result.trials.drop(columns=["message"], errors="ignore").to_json(orient="records")),
             },
             "reference": {
-                "config": "configs/example.yaml", "epochs": epochs, "epochs_trained": clock.epochs, "stopped_at_budget": clock.stopped,
+                "config": "configs/example.yaml",
+                "epochs": epochs,
+                "epochs_trained": clock.epochs,
+                "stopped_at_budget": clock.stopped,
                 "seconds": round(reference_seconds, 1),
-                "val": reference.metrics["val"], "holdout": holdout_scores(reference.run_dir, holdout),
+                "val": reference.metrics["val"],
+                "holdout": holdout_scores(reference.run_dir, holdout),
             },
         }
         s, r = report["search"], report["reference"]
@@ -150,7 +173,10 @@ def main(argv: list[str] | None = None) -> int:
         out.parent.mkdir(parents=True, exist_ok=True)
         out.write_text(json.dumps(report, indent=2, default=str) + "\n")
         print(f"search + final run: {s['budget_seconds']:.0f} s, val accuracy {s['val']['accuracy']:.4f}, hold-out accuracy {s['holdout']['accuracy']:.4f}")
-        print(f"example.yaml ({clock.epochs} of {epochs} epochs): {r['seconds']:.0f} s, val accuracy {r['val']['accuracy']:.4f}, hold-out accuracy {r['holdout']['accuracy']:.4f}")
+        print(
+            f"example.yaml ({clock.epochs} of {epochs} epochs): {r['seconds']:.0f} s, val accuracy {r['val']['accuracy']:.4f}, "
+            f"hold-out accuracy {r['holdout']['accuracy']:.4f}"
+        )
         print(f"written: {out}")
     finally:
         shutil.rmtree(work, ignore_errors=True)
@@ -197,8 +223,12 @@ class WallClockStop(keras.callbacks.Callback):
 def _short(config: Config) -> dict[str, Any]:
     return {
         "blocks": [f"{b.filters}x{b.kernel_size}/s{b.strides}x{b.repeats}" for b in config.model.blocks],
-        "learning_rate": config.train.learning_rate, "optimizer": config.train.optimizer, "schedule": config.train.schedule.name,
-        "augment": config.augment.train, "dropout": config.model.dropout, "label_smoothing": config.train.label_smoothing,
+        "learning_rate": config.train.learning_rate,
+        "optimizer": config.train.optimizer,
+        "schedule": config.train.schedule.name,
+        "augment": config.augment.train,
+        "dropout": config.model.dropout,
+        "label_smoothing": config.train.label_smoothing,
         "epochs": config.train.epochs,
     }
 

@@ -86,16 +86,32 @@ def peak_kib() -> int:
 def base_config(data: Path, out: Path, epochs: int) -> Config:
     return load_config(
         overrides=[
-            f"data.train={data}", "data.image_size=32", "data.batch_size=32", "data.cache=true", "augment.train=none",
-            f"train.epochs={epochs}", "train.early_stopping_patience=0", "train.verbose=0", f"output.dir={out}",
+            f"data.train={data}",
+            "data.image_size=32",
+            "data.batch_size=32",
+            "data.cache=true",
+            "augment.train=none",
+            f"train.epochs={epochs}",
+            "train.early_stopping_patience=0",
+            "train.verbose=0",
+            f"output.dir={out}",
         ]
     )
 
 
 def overhead_config(base: Config, trials: int, seed: int) -> Config:
     """Every hyperparameter fixed but the learning rate: every trial trains the same network for the same epochs."""
-    fixed = ["tune.space.blocks=3", "tune.space.filters=16", "tune.space.kernel_size=3", "tune.space.strides=1", "tune.space.repeats=1",
-             "tune.space.dropout=0.2", "tune.space.optimizer=adam", "tune.space.schedule=constant", "tune.space.augment=none"]
+    fixed = [
+        "tune.space.blocks=3",
+        "tune.space.filters=16",
+        "tune.space.kernel_size=3",
+        "tune.space.strides=1",
+        "tune.space.repeats=1",
+        "tune.space.dropout=0.2",
+        "tune.space.optimizer=adam",
+        "tune.space.schedule=constant",
+        "tune.space.augment=none",
+    ]
     return load_config(overrides=[*fixed, f"tune.max_trials={trials}", f"tune.seed={seed}"], base=base)
 
 
@@ -171,12 +187,18 @@ def measure_overhead(base: Config, trials: int, rounds: int) -> dict[str, Any]:
         ratios = [t / p for t, p in zip(tuned, plain)]
         per_round.append(
             {
-                "search_s": tuned, "plain_fit_s": plain, "keras_tuner_s": keras_tuner, "pair_ratios": ratios,
+                "search_s": tuned,
+                "plain_fit_s": plain,
+                "keras_tuner_s": keras_tuner,
+                "pair_ratios": ratios,
                 "keras_tuner_over_plain": float(np.median(keras_tuner) / np.median(plain)),
             }
         )
-        print(f"round {r + 1}: trial {np.median(tuned):.2f} s, plain fit {np.median(plain):.2f} s (median pair ratio {np.median(ratios):.3f}), "
-              f"KerasTuner trial {np.median(keras_tuner):.2f} s", flush=True)
+        print(
+            f"round {r + 1}: trial {np.median(tuned):.2f} s, plain fit {np.median(plain):.2f} s (median pair ratio {np.median(ratios):.3f}), "
+            f"KerasTuner trial {np.median(keras_tuner):.2f} s",
+            flush=True,
+        )
     return {
         "rounds": per_round,
         "T1_search_over_plain": float(np.median([x for r in per_round for x in r["pair_ratios"]])),
@@ -188,8 +210,15 @@ def measure_overhead(base: Config, trials: int, rounds: int) -> dict[str, Any]:
 def measure_memory_and_invalid(base: Config, trials: int) -> dict[str, Any]:
     """A wide space (2-5 blocks, strides 1-2, kernels 3-7 at 32 px): many proposals fail the shape check."""
     config = load_config(
-        overrides=["tune.space.blocks={min: 2, max: 5}", "tune.space.kernel_size=[3, 5, 7]", "tune.space.strides=[1, 2]", "tune.space.filters=[8, 16, 32]",
-                   "tune.space.repeats=[1, 2]", f"tune.max_trials={trials}", "tune.seed=7"],
+        overrides=[
+            "tune.space.blocks={min: 2, max: 5}",
+            "tune.space.kernel_size=[3, 5, 7]",
+            "tune.space.strides=[1, 2]",
+            "tune.space.filters=[8, 16, 32]",
+            "tune.space.repeats=[1, 2]",
+            f"tune.max_trials={trials}",
+            "tune.seed=7",
+        ],
         base=base,
     )
     fitted: list[str | None] = []
@@ -245,7 +274,10 @@ def timed_search(config: Config, workers: int, cores: list[int]) -> dict[str, An
     requests = finished.get("oracle_requests", {})
     steady = (len(ends) - 1) / (ends[-1] - ends[0]) * 60 if len(ends) > 1 else float("nan")
     return {
-        "trials": len(ends), "seconds": round(wall, 2), "trials_per_minute": round(len(ends) / wall * 60, 2), "steady_trials_per_minute": round(steady, 2),
+        "trials": len(ends),
+        "seconds": round(wall, 2),
+        "trials_per_minute": round(len(ends) / wall * 60, 2),
+        "steady_trials_per_minute": round(steady, 2),
         "chief_cpu_share": round(finished["chief_cpu_seconds"] / wall, 4) if "chief_cpu_seconds" in finished else None,
         "requests_per_trial": round(sum(v for k, v in requests.items() if k != "heartbeat") / len(ends), 2) if requests else None,
         "heartbeats": requests.get("heartbeat", 0),
@@ -256,13 +288,22 @@ def measure_scaling(base: Config, trials: int, rounds: int) -> dict[str, Any]:
     cores = sorted(os.sched_getaffinity(0))[:2]
     if len(cores) < 2:
         return {"skipped": "needs 2 cores"}
-    setups = {"two_workers_one_core_each": (2, cores), "one_worker_one_core": (1, cores[:1]), "one_worker_two_cores": (1, cores), "one_process_two_cores": (0, cores)}
+    setups = {
+        "two_workers_one_core_each": (2, cores),
+        "one_worker_one_core": (1, cores[:1]),
+        "one_worker_two_cores": (1, cores),
+        "one_process_two_cores": (0, cores),
+    }
     per_round: list[dict[str, Any]] = []
     for r in range(rounds):
         order = list(setups) if r % 2 == 0 else list(reversed(setups))
         row = {name: timed_search(overhead_config(base, trials, seed=200 + r), *setups[name]) for name in order}
         per_round.append(row)
-        print(f"round {r + 1}: " + ", ".join(f"{name} {row[name]['steady_trials_per_minute']:.1f}/min ({row[name]['trials_per_minute']:.1f} with start-up)" for name in setups), flush=True)
+        print(
+            f"round {r + 1}: "
+            + ", ".join(f"{name} {row[name]['steady_trials_per_minute']:.1f}/min ({row[name]['trials_per_minute']:.1f} with start-up)" for name in setups),
+            flush=True,
+        )
 
     def ratio(a: str, b: str, key: str) -> float:
         return float(np.median([row[a][key] / row[b][key] for row in per_round]))
@@ -301,8 +342,12 @@ def measure_bayesian_oracle(base: Config, marks: tuple[int, ...] = (20, 50, 100)
         seconds[str(mark)] = round(float(np.median([t for done, t in times if mark <= done < mark + samples])), 4)
     rejected = len(getattr(oracle, "rejected", []))
     print("D2 Bayesian proposal seconds at " + ", ".join(f"{k} trials: {v:.3f} s" for k, v in seconds.items()), flush=True)
-    return {"proposal_seconds_at_completed_trials": seconds, "initial_points": oracle.num_initial_points, "proposals_rejected": rejected,
-            "proposal_seconds": [[done, round(t, 4)] for done, t in times]}
+    return {
+        "proposal_seconds_at_completed_trials": seconds,
+        "initial_points": oracle.num_initial_points,
+        "proposals_rejected": rejected,
+        "proposal_seconds": [[done, round(t, 4)] for done, t in times],
+    }
 
 
 class KerasTunerAcquisition(ValidProposals, kt.oracles.BayesianOptimizationOracle):
@@ -344,8 +389,11 @@ def measure_bayesian_validity(base: Config, trials: int = 20, initial: int = 6, 
                 oracle.end_trial(trial)
             best.append(round(float(max(t.score for t in oracle.trials.values() if t.status == "COMPLETED")), 4))
         report[name] = {"proposals": proposals, "replaced": replaced, "best_stub_score": best, "median_best_stub_score": float(np.median(best))}
-        print(f"D3 {name}: {replaced} of {proposals} proposals after the first {initial} failed the shape check; best stub score per seed {best} "
-              f"(median {np.median(best):.4f})", flush=True)
+        print(
+            f"D3 {name}: {replaced} of {proposals} proposals after the first {initial} failed the shape check; best stub score per seed {best} "
+            f"(median {np.median(best):.4f})",
+            flush=True,
+        )
     return report
 
 
@@ -377,7 +425,9 @@ def main(argv: list[str] | None = None) -> int:
             report["scaling"] = measure_scaling(base, args.scaling_trials, max(2, args.rounds) if not args.quick else 1)
         if "oracle" in args.parts:
             report["bayesian_oracle"] = measure_bayesian_oracle(base, marks=(5, 10) if args.quick else (20, 50, 100))
-            report["bayesian_validity"] = measure_bayesian_validity(base, trials=8 if args.quick else 20, initial=4 if args.quick else 6, seeds=1 if args.quick else 5)
+            report["bayesian_validity"] = measure_bayesian_validity(
+                base, trials=8 if args.quick else 20, initial=4 if args.quick else 6, seeds=1 if args.quick else 5
+            )
         report["seconds"] = round(time.perf_counter() - started, 1)
     finally:
         shutil.rmtree(work, ignore_errors=True)
@@ -386,18 +436,22 @@ def main(argv: list[str] | None = None) -> int:
     out.write_text(json.dumps(report, indent=2) + "\n")
     if "overhead" in report:
         o = report["overhead"]
-        print(f"T1 trial time / plain fit: {o['T1_search_over_plain']:.3f} (target <= 1.05), {o['overhead_seconds_per_trial']:.3f} s per trial; "
-              f"plain KerasTuner: {o['keras_tuner_over_plain']:.3f}")
+        print(
+            f"T1 trial time / plain fit: {o['T1_search_over_plain']:.3f} (target <= 1.05), {o['overhead_seconds_per_trial']:.3f} s per trial; "
+            f"plain KerasTuner: {o['keras_tuner_over_plain']:.3f}"
+        )
     if "memory_and_invalid" in report:
         m = report["memory_and_invalid"]
         print(f"T2 peak RSS after {m['trials']} trials / after 5: {m['T2_rss_last_over_5']:.3f} (target <= 1.1)")
         print(f"T3 fits of invalid networks: {m['T3_fits_of_invalid_networks']} of {m['fits']} fits ({m['rejected_proposals']} proposals skipped)")
     if "scaling" in report and "skipped" not in report["scaling"]:
         d = report["scaling"]
-        print(f"D1 trials per minute, 2 one-core workers / 1 worker pinned to one core: {d['D1_two_one_core_workers_over_one_pinned']:.2f} (target >= 1.7; "
-              f"{d['D1_two_one_core_workers_over_one_pinned_with_startup']:.2f} with start-up); / 1 worker on both cores: "
-              f"{d['D1_two_one_core_workers_over_one_two_core_worker']:.2f}; / the search in one process: {d['D1_two_one_core_workers_over_one_process']:.2f} "
-              f"({d['D1_two_one_core_workers_over_one_process_with_startup']:.2f} with start-up)")
+        print(
+            f"D1 trials per minute, 2 one-core workers / 1 worker pinned to one core: {d['D1_two_one_core_workers_over_one_pinned']:.2f} (target >= 1.7; "
+            f"{d['D1_two_one_core_workers_over_one_pinned_with_startup']:.2f} with start-up); / 1 worker on both cores: "
+            f"{d['D1_two_one_core_workers_over_one_two_core_worker']:.2f}; / the search in one process: {d['D1_two_one_core_workers_over_one_process']:.2f} "
+            f"({d['D1_two_one_core_workers_over_one_process_with_startup']:.2f} with start-up)"
+        )
         print(f"D1 chief: {100 * d['chief_cpu_share']:.1f} % of one core, {d['requests_per_trial']:.1f} gRPC requests per trial (heartbeats aside)")
     print(f"written: {out}")
     return 0

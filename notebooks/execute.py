@@ -1,7 +1,7 @@
 """Execute the notebooks in place, in a real Jupyter kernel, so that they are committed with their outputs.
 
-    .venv/bin/python notebooks/execute.py                 # every notebook (make notebooks)
-    .venv/bin/python notebooks/execute.py 03_search.ipynb
+.venv/bin/python notebooks/execute.py                 # every notebook (make notebooks)
+.venv/bin/python notebooks/execute.py 03_search.ipynb
 """
 
 from __future__ import annotations

@@ -10,6 +10,8 @@ from pathlib import Path
 
 import pipelines  # noqa: F401  (sets NO_ALBUMENTATIONS_UPDATE before the import below)
 
+# isort: split
+
 import albumentations as A
 import cv2
 import numpy as np
@@ -114,7 +116,9 @@ def build_tta(spec: str | A.BaseCompose, image_size: Size, passes: int | None = 
     elif Path(spec).suffix.lower() in (".yaml", ".yml", ".json"):
         transform, default = A.Compose([load_transform(spec)]), TTA_FILE_PASSES
     else:
-        raise DataError(f"unknown test-time augmentation {spec!r}. Fix: use one of {', '.join(TTA_PRESETS)} or the path of a .yaml/.json file saved by albumentations.save.")
+        raise DataError(
+            f"unknown test-time augmentation {spec!r}. Fix: use one of {', '.join(TTA_PRESETS)} or the path of a .yaml/.json file saved by albumentations.save."
+        )
     passes = default if passes is None else passes
     if passes < 1:
         raise DataError(f"TTA passes {passes}: expected a whole number >= 1 (1: the plain image only)")

@@ -16,6 +16,8 @@ import numpy as np
 
 import pipelines  # noqa: F401
 
+# isort: split
+
 import albumentations as A
 import cv2
 
@@ -155,4 +157,3 @@ class BatchLoader:
         for k, start in enumerate(range(0, count, batch_size)):
             self(indices[start : start + batch_size], seeds[k], out=out[start : start + batch_size])
         return out
-

@@ -74,9 +74,7 @@ def _listing(items: Sequence[str]) -> str:
 
 def _image_files(folder: Path) -> list[Path]:
     """Image files below `folder` (recursively), sorted, hidden files excluded."""
-    files = [
-        p for p in folder.rglob("*") if p.is_file() and is_image_file(p) and not any(part.startswith(".") for part in p.relative_to(folder).parts)
-    ]
+    files = [p for p in folder.rglob("*") if p.is_file() and is_image_file(p) and not any(part.startswith(".") for part in p.relative_to(folder).parts)]
     return sorted(files)
 
 
@@ -96,10 +94,7 @@ def from_folder(root: str | os.PathLike, class_names: Sequence[str] | None = Non
         raise DataError(f"{root}: no such folder. Fix: point data.train at a folder of <class>/<image> sub-folders or a CSV file.")
     found = sorted(p.name for p in root.iterdir() if p.is_dir() and not p.name.startswith("."))
     if not found:
-        raise DataError(
-            f"{root}: no class sub-folders. Fix: arrange images as {root}/<class name>/<image>, "
-            "or use data.test for a folder of unlabeled images."
-        )
+        raise DataError(f"{root}: no class sub-folders. Fix: arrange images as {root}/<class name>/<image>, or use data.test for a folder of unlabeled images.")
     names = tuple(class_names) if class_names is not None else tuple(found)
     unknown = [c for c in found if c not in names]
     if unknown:
@@ -110,9 +105,7 @@ def from_folder(root: str | os.PathLike, class_names: Sequence[str] | None = Non
         folder = root / name
         files = _image_files(folder) if folder.is_dir() else []
         if not files and name in found:
-            raise DataError(
-                f"{folder}: class folder has no images (looked for {', '.join(IMAGE_EXTENSIONS)}). Fix: add images or remove the folder."
-            )
+            raise DataError(f"{folder}: class folder has no images (looked for {', '.join(IMAGE_EXTENSIONS)}). Fix: add images or remove the folder.")
         paths += [str(f) for f in files]
         labels += [index] * len(files)
     ids = [str(Path(p).relative_to(root).with_suffix("")) for p in paths]
@@ -291,7 +284,9 @@ def _onehot_labels(
         if multilabel:
             log.info(
                 "%s: %d row(s) have several 1s (e.g. %s): multi-label (sigmoid per class). Set data.multilabel to choose.",
-                csv.name, int((sums > 1).sum()), _listing(_rows(sums > 1)),
+                csv.name,
+                int((sums > 1).sum()),
+                _listing(_rows(sums > 1)),
             )
     if not multilabel:
         wrong = sums != 1
@@ -304,9 +299,7 @@ def _onehot_labels(
     return labels, tuple(columns), True
 
 
-def from_sample_submission(
-    csv: str | os.PathLike, image_dir: str | os.PathLike, *, id_column: str | None = None, extension: str | None = None
-) -> ImageSet:
+def from_sample_submission(csv: str | os.PathLike, image_dir: str | os.PathLike, *, id_column: str | None = None, extension: str | None = None) -> ImageSet:
     """The unlabeled test set named by a Kaggle `sample_submission.csv`, in its row order.
 
     The id column defaults to the first column; `class_names` are the remaining columns when there are

@@ -218,9 +218,7 @@ class WorkerPool:
     """`workers` processes running `loader` into `slots` shared-memory buffers (default 2 per worker), each
     holding the `batches_per_call` batches of `batch_size` images that one call asks for."""
 
-    def __init__(
-        self, loader: Any, workers: int, batch_size: int, batches_per_call: int = 1, slots: int | None = None, start_method: str = "spawn"
-    ):
+    def __init__(self, loader: Any, workers: int, batch_size: int, batches_per_call: int = 1, slots: int | None = None, start_method: str = "spawn"):
         if workers < 1:
             raise ValueError(f"workers must be >= 1, got {workers}")
         if batches_per_call < 1:

@@ -32,14 +32,26 @@ def make_image(path: Path, color: tuple[int, int, int], size: tuple[int, int] = 
     return path
 
 
-@pytest.fixture
-def folder_dataset(tmp_path: Path) -> Path:
+def make_folder_dataset(root: Path) -> Path:
     """root/<class>/<image>.png, 8 images per class, sizes varying between 24 and 40 pixels."""
-    root = tmp_path / "folder"
     for c, name in enumerate(CLASSES):
         for i in range(8):
             make_image(root / name / f"{name}_{i}.png", COLORS[name], size=(24 + 2 * i, 40 - 2 * i), seed=10 * c + i)
     return root
+
+
+@pytest.fixture(autouse=True)
+def seed_everything() -> None:
+    """Every test starts from the same random state (Python, NumPy, Keras and TensorFlow)."""
+    import keras
+
+    keras.utils.set_random_seed(0)
+
+
+@pytest.fixture
+def folder_dataset(tmp_path: Path) -> Path:
+    """root/<class>/<image>.png, 8 images per class, sizes varying between 24 and 40 pixels."""
+    return make_folder_dataset(tmp_path / "folder")
 
 
 @pytest.fixture
@@ -63,8 +75,7 @@ def csv_dataset(tmp_path: Path) -> Path:
     return root
 
 
-@pytest.fixture
-def tiny_config(folder_dataset: Path, tmp_path: Path) -> Config:
+def shrunk_config(folder_dataset: Path, tmp_path: Path) -> Config:
     """A config shrunk for tests: 32x32 images, a two-block CNN with few filters, 2 epochs."""
     return load_config(
         overrides=[
@@ -78,6 +89,29 @@ def tiny_config(folder_dataset: Path, tmp_path: Path) -> Config:
             f"output.dir={tmp_path / 'runs'}",
         ]
     )
+
+
+@pytest.fixture
+def tiny_config(folder_dataset: Path, tmp_path: Path) -> Config:
+    """A config shrunk for tests: 32x32 images, a two-block CNN with few filters, 2 epochs."""
+    return shrunk_config(folder_dataset, tmp_path)
+
+
+@pytest.fixture(scope="session")
+def trained_run_once(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """`tiny_config` trained once per session (seeded: the same run every test would train)."""
+    from app.training.run import train
+
+    root = tmp_path_factory.mktemp("trained")
+    return train(shrunk_config(make_folder_dataset(root / "folder"), root)).run_dir
+
+
+@pytest.fixture
+def trained_run(trained_run_once: Path, tmp_path: Path) -> Path:
+    """A copy of the session's trained run, this test's own to write into (exports, explanations, submissions)."""
+    import shutil
+
+    return Path(shutil.copytree(trained_run_once, tmp_path / "trained" / trained_run_once.name))
 
 
 def require_shared(*parts: str) -> Path:

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import re
-
 from pathlib import Path
 
 import keras
@@ -184,7 +183,9 @@ def test_weights_of_a_trained_toolkit_model_start_a_new_one(tmp_path: Path):
     np.testing.assert_array_equal(find_backbone(model).get_weights()[0], find_backbone(trained).get_weights()[0])
 
 
-@pytest.mark.parametrize(("saved", "target", "suffix"), [("resnet50", "vgg16", ".weights.h5"), ("vgg16", "vgg19", ".weights.h5"), ("vgg16", "resnet50", ".keras")])
+@pytest.mark.parametrize(
+    ("saved", "target", "suffix"), [("resnet50", "vgg16", ".weights.h5"), ("vgg16", "vgg19", ".weights.h5"), ("vgg16", "resnet50", ".keras")]
+)
 def test_weights_for_another_architecture(tmp_path: Path, saved: str, target: str, suffix: str):
     source = make_backbone(saved, (SIZE, SIZE, 3), weights=None)
     path = tmp_path / f"{saved}{suffix}"
@@ -209,7 +210,11 @@ def test_imagenet_download_failure_says_where_to_put_the_file(monkeypatch: pytes
 
     monkeypatch.setattr(file_utils, "get_file", offline)
     monkeypatch.setenv("KERAS_HOME", str(tmp_path / "keras"))
-    with pytest.raises(ValueError, match=rf"could not download the ImageNet weights of vgg16.*Fix: download {re.escape(url)} elsewhere and place it in {tmp_path}/keras/models/.*model.weights=null"):
+    with pytest.raises(
+        ValueError,
+        match=rf"could not download the ImageNet weights of vgg16.*Fix: download {re.escape(url)} "
+        rf"elsewhere and place it in {tmp_path}/keras/models/.*model.weights=null",
+    ):
         create_model("vgg16", input_shape=(SIZE, SIZE, 3), num_classes=2, weights="imagenet")
 
 

@@ -27,8 +27,18 @@ def test_pipeline_benchmark_quick_run(tmp_path: Path):
     report = run_quick("pipeline.py", out, "--sizes", "32")
     for mode in ("files", "cached"):
         row = report["sizes"]["32"][mode]
-        assert {"A_single_core", "limit", "pydataset", "layers", "naive", "threads", "workers", "P1_workers_over_limit", "P3_workers_over_pydataset",
-                "auto_over_best"} <= set(row)
+        assert {
+            "A_single_core",
+            "limit",
+            "pydataset",
+            "layers",
+            "naive",
+            "threads",
+            "workers",
+            "P1_workers_over_limit",
+            "P3_workers_over_pydataset",
+            "auto_over_best",
+        } <= set(row)
         assert all(value > 0 for key, value in row.items() if key not in ("rounds", "auto", "auto_reason"))
         assert row["auto"] in ("threads", "workers") and row["auto_reason"]
         assert all(len(values) == report["repeats"] for values in row["rounds"].values())

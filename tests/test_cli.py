@@ -117,10 +117,16 @@ def test_an_unreadable_image_met_during_training_exits_instead_of_hanging(tmp_pa
             Image.new("RGB", (64, 64), (color[0], color[1], i)).save(tmp_path / "data" / name / f"{name}{i:03d}.png")
     Image.new("RGB", (200, 200), (9, 9, 9)).save(tmp_path / "whole.jpg", quality=95)
     (tmp_path / "data" / "a" / "a050x.jpg").write_bytes((tmp_path / "whole.jpg").read_bytes()[:400])  # truncated, mid-list
-    (tmp_path / "c.yaml").write_text(json.dumps({
-        "data": {"train": str(tmp_path / "data"), "image_size": 32, "batch_size": 4, "check_images": False, "workers": 0},
-        "model": {"blocks": [[4]]}, "train": {"epochs": 1, "verbose": 0}, "output": {"dir": str(tmp_path / "runs")},
-    }))
+    (tmp_path / "c.yaml").write_text(
+        json.dumps(
+            {
+                "data": {"train": str(tmp_path / "data"), "image_size": 32, "batch_size": 4, "check_images": False, "workers": 0},
+                "model": {"blocks": [[4]]},
+                "train": {"epochs": 1, "verbose": 0},
+                "output": {"dir": str(tmp_path / "runs")},
+            }
+        )
+    )
     for _ in range(3):
         done = subprocess.run([sys.executable, "-m", "app", "train", "-c", str(tmp_path / "c.yaml")], capture_output=True, text=True, cwd=REPO, timeout=120)
         assert done.returncode == 2, done.stderr[-2000:]

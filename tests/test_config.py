@@ -6,7 +6,7 @@ from pathlib import Path
 
 import pytest
 
-from app.config import ConvBlock, Config, ConfigError, dump_config, load_config
+from app.config import Config, ConfigError, ConvBlock, dump_config, load_config
 
 
 def test_defaults_file_and_overrides(tmp_path: Path) -> None:

@@ -55,10 +55,19 @@ def test_folds_without_a_fold_is_one_clear_error(tiny_config: Config) -> None:
 
 @pytest.fixture
 def cv_config(csv_dataset: Path, tmp_path: Path) -> Config:
-    return load_config(overrides=[
-        f"data.train={csv_dataset / 'train.csv'}", f"data.test={csv_dataset / 'sample_submission.csv'}", "data.image_size=16", "data.batch_size=8",
-        "model.blocks=[[4, 3, 1]]", "train.epochs=1", "train.verbose=0", "output.tensorboard=false", f"output.dir={tmp_path / 'runs'}",
-    ])
+    return load_config(
+        overrides=[
+            f"data.train={csv_dataset / 'train.csv'}",
+            f"data.test={csv_dataset / 'sample_submission.csv'}",
+            "data.image_size=16",
+            "data.batch_size=8",
+            "model.blocks=[[4, 3, 1]]",
+            "train.epochs=1",
+            "train.verbose=0",
+            "output.tensorboard=false",
+            f"output.dir={tmp_path / 'runs'}",
+        ]
+    )
 
 
 def test_cross_validation_writes_folds_oof_and_scores(cv_config: Config) -> None:
@@ -144,7 +153,9 @@ def test_bad_cv_input_is_one_line_before_any_directory(cv_config: Config, tmp_pa
     assert not (tmp_path / "runs").exists()
 
 
-def test_an_unfinished_cross_validation_cannot_predict(cv_config: Config, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture) -> None:
+def test_an_unfinished_cross_validation_cannot_predict(
+    cv_config: Config, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture
+) -> None:
     real_train = crossval.train
 
     def stop_at_fold_2(config: Config, *args, **kwargs):
@@ -179,7 +190,8 @@ def test_multilabel_one_hot_csv_from_real_photos_through_cv_and_a_tta_submission
     pd.DataFrame({"image_id": test_ids, "yellow": 0.5, "tall": 0.5}).to_csv(tmp_path / "sample_submission.csv", index=False)
     config = tmp_path / "multi.yaml"
     config.write_text(
-        f"data: {{train: {tmp_path / 'train.csv'}, test: {tmp_path / 'sample_submission.csv'}, id_column: image_id, label_columns: [yellow, tall], image_size: 32, batch_size: 16}}\n"
+        f"data: {{train: {tmp_path / 'train.csv'}, test: {tmp_path / 'sample_submission.csv'}, "
+        "id_column: image_id, label_columns: [yellow, tall], image_size: 32, batch_size: 16}}\n"
         f"model: {{blocks: [[8, 3, 1], [16, 3, 1]]}}\ntrain: {{epochs: 2, verbose: 0}}\noutput: {{dir: {tmp_path / 'runs'}, tensorboard: false}}\n"
     )
     assert main(["cv", "-c", str(config), "--folds", "2"]) == 0

@@ -1,4 +1,4 @@
-"""tuning/distributed.py: a search over worker processes on KerasTuner's chief/worker engine, with its faults.
+"""tuning/distributed/: a search over worker processes on KerasTuner's chief/worker engine, with its faults.
 
 The end-to-end cases run real worker processes (`imgclf tune --role worker`) against a chief on 127.0.0.1."""
 
@@ -19,8 +19,8 @@ import pytest
 
 from app.config import Config, dump_config, load_config
 from tuning import distributed, search
+from tuning.distributed import work
 from tuning.results import TRIALS_FILE
-from tuning.search import work
 
 REPO = Path(__file__).resolve().parents[1]
 SMALL_SPACE = ["tune.space.blocks={min: 1, max: 2}", "tune.space.filters=[4, 8]", "tune.space.repeats=1", "tune.space.augment=none", "train.epochs=1"]
@@ -89,7 +89,14 @@ def test_worker_ids_never_pass_for_the_chief() -> None:
 
 @pytest.mark.parametrize(
     ("workers", "cores", "expected"),
-    [(0, [0, 1], []), (1, [0, 1], [[0, 1]]), (2, [0, 1], [[0], [1]]), (2, [0, 1, 2, 3, 4], [[0, 1], [2, 3]]), (3, [0, 1], [[0], [1], [0]]), (4, [2, 5, 6, 7], [[2], [5], [6], [7]])],
+    [
+        (0, [0, 1], []),
+        (1, [0, 1], [[0, 1]]),
+        (2, [0, 1], [[0], [1]]),
+        (2, [0, 1, 2, 3, 4], [[0, 1], [2, 3]]),
+        (3, [0, 1], [[0], [1], [0]]),
+        (4, [2, 5, 6, 7], [[2], [5], [6], [7]]),
+    ],
 )
 def test_local_workers_get_equal_shares_of_the_cores(workers: int, cores: list[int], expected: list[list[int]]) -> None:
     assert distributed.split_cores(workers, cores) == expected
@@ -98,7 +105,9 @@ def test_local_workers_get_equal_shares_of_the_cores(workers: int, cores: list[i
 def test_a_busy_port_is_one_line_before_anything_is_written(tiny_config: Config, tmp_path: Path) -> None:
     with socket.create_server(("127.0.0.1", 0)) as holder:
         port = holder.getsockname()[1]
-        with pytest.raises(distributed.DistributedError, match=f"cannot listen on 127.0.0.1:{port}.*port is in use|cannot listen on 127.0.0.1:{port}.*holds the port"):
+        with pytest.raises(
+            distributed.DistributedError, match=f"cannot listen on 127.0.0.1:{port}.*port is in use|cannot listen on 127.0.0.1:{port}.*holds the port"
+        ):
             search(search_config(tiny_config), oracle=f"127.0.0.1:{port}")
         assert not (tmp_path / "runs").exists()
         # gRPC itself binds with SO_REUSEPORT unless told not to: its server must refuse the port too.
@@ -219,7 +228,20 @@ def test_cluster_roles_a_silent_worker_loses_its_trial_to_another(tiny_config: C
     chief.start()
     try:
         for worker_id in ("w1", "w2"):
-            command = [sys.executable, "-m", "app", "tune", "-c", str(config_path), "--role", "worker", "--oracle", f"127.0.0.1:{port}", "--worker-id", worker_id]
+            command = [
+                sys.executable,
+                "-m",
+                "app",
+                "tune",
+                "-c",
+                str(config_path),
+                "--role",
+                "worker",
+                "--oracle",
+                f"127.0.0.1:{port}",
+                "--worker-id",
+                worker_id,
+            ]
             workers[worker_id] = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, cwd=REPO)
         chief.join(timeout=240)
         assert not chief.is_alive(), "\n".join(progress.lines)

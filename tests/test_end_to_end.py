@@ -30,7 +30,15 @@ def test_demo_reaches_98_percent_and_writes_a_valid_submission(tmp_path: Path) -
 
 
 def _overrides(tmp_path: Path, *extra: str) -> list[str]:
-    return ["data.image_size=48", "data.batch_size=32", "model.blocks=[[16, 3, 1], [32, 3, 1]]", "train.epochs=2", "train.verbose=0", f"output.dir={tmp_path}", *extra]
+    return [
+        "data.image_size=48",
+        "data.batch_size=32",
+        "model.blocks=[[16, 3, 1], [32, 3, 1]]",
+        "train.epochs=2",
+        "train.verbose=0",
+        f"output.dir={tmp_path}",
+        *extra,
+    ]
 
 
 def test_hymenoptera_folders_with_given_validation_set(tmp_path: Path) -> None:
@@ -44,7 +52,9 @@ def test_hymenoptera_folders_with_given_validation_set(tmp_path: Path) -> None:
 def test_dog_breed_csv_to_probability_submission(tmp_path: Path) -> None:
     root = require_shared("dog-breed")
     config = load_config(
-        overrides=_overrides(tmp_path, f"data.train={root / 'labels.csv'}", "data.label_column=breed", f"data.test={root / 'sample_submission.csv'}", "train.epochs=1")
+        overrides=_overrides(
+            tmp_path, f"data.train={root / 'labels.csv'}", "data.label_column=breed", f"data.test={root / 'sample_submission.csv'}", "train.epochs=1"
+        )
     )
     result = train(config)
     assert json.loads((result.run_dir / "class_names.json").read_text())["class_names"][:2] == ["affenpinscher", "afghan_hound"]

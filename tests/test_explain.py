@@ -83,7 +83,9 @@ def test_gradcam_finds_the_quadrant_that_decides_the_class() -> None:
     keras.utils.set_random_seed(0)
     rng = np.random.default_rng(0)
     x, y = _quadrant_images(256, rng)
-    model = create_model("baseline_cnn", input_shape=(32, 32, 3), num_classes=2, blocks=[ConvBlock(8, 3, 1, 1, "max"), ConvBlock(16, 3, 1, 1, "max")], dropout=0.0)
+    model = create_model(
+        "baseline_cnn", input_shape=(32, 32, 3), num_classes=2, blocks=[ConvBlock(8, 3, 1, 1, "max"), ConvBlock(16, 3, 1, 1, "max")], dropout=0.0
+    )
     model.compile(keras.optimizers.Adam(3e-3), "sparse_categorical_crossentropy", metrics=["accuracy"])
     model.fit(x, y, epochs=6, batch_size=32, verbose=0)
     test_x, test_y = _quadrant_images(32, rng)
@@ -111,11 +113,6 @@ def test_gradcam_and_feature_maps_reach_inside_a_backbone(name: str) -> None:
     for name_, activation in maps.items():
         expected = inner_model(model, [name_]).outputs[0].shape[-1]
         assert activation.ndim == 3 and activation.shape[-1] == expected
-
-
-@pytest.fixture
-def trained_run(tiny_config: Config) -> Path:
-    return train(tiny_config).run_dir
 
 
 def test_feature_maps_have_each_layers_channels_and_files_are_written(trained_run: Path, tiny_config: Config) -> None:

@@ -181,8 +181,16 @@ train(load_config(sys.argv[1]), callbacks=[Kill()])
 
 def test_killed_process_resumes_with_the_same_cli_command(folder_dataset: Path, tmp_path: Path) -> None:
     config = tmp_path / "c.yaml"
-    config.write_text(yaml.safe_dump({"data": {"train": str(folder_dataset), "image_size": 32, "batch_size": 4},
-                                      "model": {"blocks": [[8]]}, "train": {"epochs": 3, "verbose": 0}, "output": {"dir": str(tmp_path / "runs")}}))
+    config.write_text(
+        yaml.safe_dump(
+            {
+                "data": {"train": str(folder_dataset), "image_size": 32, "batch_size": 4},
+                "model": {"blocks": [[8]]},
+                "train": {"epochs": 3, "verbose": 0},
+                "output": {"dir": str(tmp_path / "runs")},
+            }
+        )
+    )
     killed = subprocess.run([sys.executable, "-c", KILL_AFTER_FIRST_EPOCH, str(config)], cwd=REPO, capture_output=True, timeout=300)
     assert killed.returncode == -9
     (run,) = (tmp_path / "runs").iterdir()

@@ -47,7 +47,12 @@ def test_identity_tta_changes_nothing(tiny_config: Config, images, tmp_path: Pat
 def test_flip_tta_averages_the_plain_and_the_mirrored_image(tiny_config: Config, images, tmp_path: Path) -> None:
     run = tiny_run(tiny_config, tmp_path)
     plain = predict_probs(run.model, images, tiny_config, verbose=0)
-    mirror = dataclasses.replace(tiny_config, augment=dataclasses.replace(tiny_config.augment, eval=str(_saved(tmp_path, A.Compose([A.Resize(32, 32, interpolation=cv2.INTER_AREA), A.HorizontalFlip(p=1.0)])))))
+    mirror = dataclasses.replace(
+        tiny_config,
+        augment=dataclasses.replace(
+            tiny_config.augment, eval=str(_saved(tmp_path, A.Compose([A.Resize(32, 32, interpolation=cv2.INTER_AREA), A.HorizontalFlip(p=1.0)])))
+        ),
+    )
     mirrored = predict_probs(run.model, images, mirror, verbose=0)
     assert np.abs(mirrored - plain).max() > 1e-4, "a random network is not mirror-symmetric: the check below must be able to fail"
     flipped = predict_probs(run.model, images, tiny_config, verbose=0, tta="flip")
@@ -64,9 +69,7 @@ def test_random_tta_is_repeatable(tiny_config: Config, images, tmp_path: Path) -
 def test_tta_from_the_config(tiny_config: Config, images, tmp_path: Path) -> None:
     run = tiny_run(tiny_config, tmp_path)
     configured = dataclasses.replace(tiny_config, augment=dataclasses.replace(tiny_config.augment, tta="flip"))
-    np.testing.assert_array_equal(
-        predict_probs(run.model, images, configured, verbose=0), predict_probs(run.model, images, tiny_config, verbose=0, tta="flip")
-    )
+    np.testing.assert_array_equal(predict_probs(run.model, images, configured, verbose=0), predict_probs(run.model, images, tiny_config, verbose=0, tta="flip"))
 
 
 @pytest.mark.parametrize(

@@ -29,7 +29,7 @@ def test_run_directory_contents(tiny_config: Config) -> None:
     metrics = json.loads((result.run_dir / "metrics.json").read_text())
     assert metrics["val_images"] == 6 and metrics["train_images"] == 18 and 0 <= metrics["val"]["accuracy"] <= 1
     assert (result.run_dir / "curves.png").read_bytes()[:4] == b"\x89PNG"
-    assert metrics["stopped"] == "ran all 2 planned epochs; the best epoch by val_loss, %d, is kept" % metrics["best_epoch"]
+    assert metrics["stopped"] == f"ran all 2 planned epochs; the best epoch by val_loss, {metrics['best_epoch']}, is kept"
     model = keras.saving.load_model(result.model_path, safe_mode=True)
     assert model.input_shape == (None, 32, 32, 3)
     tags = _tensorboard_tags(result.run_dir / "tensorboard")

@@ -186,12 +186,21 @@ def test_two_workers_on_loopback_train_as_one_process_on_the_same_batches(folder
     overrides += ["model.dropout=0", "train.epochs=2", "train.verbose=0"]
 
     def start(index: int, cluster: list[str], out: Path) -> subprocess.Popen:
-        command = [sys.executable, "-c", TWO_WORKERS, str(index), ",".join(cluster), str(tmp_path / f"weights{index}-{len(cluster)}.npz"), *overrides, f"output.dir={out}"]
+        command = [
+            sys.executable,
+            "-c",
+            TWO_WORKERS,
+            str(index),
+            ",".join(cluster),
+            str(tmp_path / f"weights{index}-{len(cluster)}.npz"),
+            *overrides,
+            f"output.dir={out}",
+        ]
         return subprocess.Popen(command, cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
 
     workers = [start(index, ports, tmp_path / "two") for index in (0, 1)]
     outputs = [worker.communicate(timeout=300) for worker in workers]
-    for worker, (out, err) in zip(workers, outputs):
+    for worker, (_, err) in zip(workers, outputs):
         assert worker.returncode == 0, err[-3000:]
     alone = start(0, ["single"], tmp_path / "one")
     out, err = alone.communicate(timeout=300)

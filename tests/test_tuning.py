@@ -88,8 +88,9 @@ def test_null_entries_leave_the_rest_of_the_config_in_charge(tiny_config: Config
 
 
 def test_filters_growth_makes_a_pyramid_from_the_first_blocks_filters(tiny_config: Config) -> None:
-    config = tune_config(tiny_config, "tune.space.blocks=3", "tune.space.filters=[16, 32]", "tune.space.filters_growth=[1.5, 2.0]",
-                         "tune.space.label_smoothing=[0.0, 0.1]")
+    config = tune_config(
+        tiny_config, "tune.space.blocks=3", "tune.space.filters=[16, 32]", "tune.space.filters_growth=[1.5, 2.0]", "tune.space.label_smoothing=[0.0, 0.1]"
+    )
     hypermodel = hypermodel_for(config)
     hp = kt.HyperParameters()
     hp.Fixed("filters_1", 16)
@@ -181,7 +182,12 @@ def test_receptive_field_of_a_hand_checked_stack() -> None:
 def test_invalid_networks_are_skipped_without_a_fit(tiny_config: Config, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     # At 16 px, up to 4 blocks of stride 1 or 2, each pooling: most proposals shrink the map below 2 pixels.
     config = tune_config(
-        tiny_config, "data.image_size=16", "tune.space.blocks={min: 2, max: 4}", "tune.space.strides=[1, 2]", "tune.space.kernel_size=[3, 5]", "tune.max_trials=3"
+        tiny_config,
+        "data.image_size=16",
+        "tune.space.blocks={min: 2, max: 4}",
+        "tune.space.strides=[1, 2]",
+        "tune.space.kernel_size=[3, 5]",
+        "tune.max_trials=3",
     )
     fitted: list[int] = []
     real_fit = keras.Model.fit
@@ -202,8 +208,9 @@ def test_invalid_networks_are_skipped_without_a_fit(tiny_config: Config, tmp_pat
 
 def test_a_search_writes_every_result_and_its_best_yaml_trains(tiny_config: Config, tmp_path: Path) -> None:
     lines: list[str] = []
-    config = tune_config(tiny_config, "tune.max_trials=2", "tune.objective=macro_f1", "tune.final_epochs=3", "tune.final.augment.train=heavy",
-                         "tune.final.model.dropout=0.5")
+    config = tune_config(
+        tiny_config, "tune.max_trials=2", "tune.objective=macro_f1", "tune.final_epochs=3", "tune.final.augment.train=heavy", "tune.final.model.dropout=0.5"
+    )
     assert config.augment.train != "heavy" and config.model.dropout != 0.5  # the trials' settings
     result = search(config, progress=lines.append)
     folder = result.search_dir
@@ -229,7 +236,9 @@ def test_a_search_writes_every_result_and_its_best_yaml_trains(tiny_config: Conf
 
 
 def test_best_yaml_trains_for_final_minutes_at_the_best_trials_pace(tiny_config: Config) -> None:
-    result = search(tune_config(tiny_config, "tune.max_trials=1", "train.epochs=3", "tune.trial_budget=epochs", "tune.final_minutes=0.5"), progress=lambda line: None)
+    result = search(
+        tune_config(tiny_config, "tune.max_trials=1", "train.epochs=3", "tune.trial_budget=epochs", "tune.final_minutes=0.5"), progress=lambda line: None
+    )
     trial = json.loads(next(result.search_dir.glob("trial_*/result.json")).read_text())
     assert len(trial["epoch_seconds"]) == 3
     pace = float(np.median(trial["epoch_seconds"][1:]))
@@ -268,8 +277,16 @@ def stub_search(config: Config, oracle: kt.Oracle, trials: int, tmp_path: Path) 
 
 def test_bayesian_proposals_are_networks_worth_training(tiny_config: Config, tmp_path: Path) -> None:
     # At 16 px, 2 to 4 blocks of stride 1 or 2: most networks of this space shrink below 2 pixels.
-    config = tune_config(tiny_config, "data.image_size=16", "tune.space.blocks={min: 2, max: 4}", "tune.space.strides=[1, 2]",
-                         "tune.space.kernel_size=[3, 5]", "tune.space.filters=8", "tune.space.schedule=constant", "tune.space.optimizer=adam")
+    config = tune_config(
+        tiny_config,
+        "data.image_size=16",
+        "tune.space.blocks={min: 2, max: 4}",
+        "tune.space.strides=[1, 2]",
+        "tune.space.kernel_size=[3, 5]",
+        "tune.space.filters=8",
+        "tune.space.schedule=constant",
+        "tune.space.optimizer=adam",
+    )
     options = {"objective": kt.Objective("val_accuracy", "max"), "max_trials": 9, "num_initial_points": 3, "seed": 2}
     proposed, rejected = stub_search(config, BayesianOracle(**options), 9, tmp_path / "ours")
     assert rejected[2] > 0  # the random first trials met invalid networks (and drew again) ...
@@ -301,8 +318,15 @@ def test_every_tuner_runs_a_small_search(tiny_config: Config, tuner: str) -> Non
     if tuner == "bayesian":
         overrides += ["tune.initial_points=2"]
     if tuner == "grid":  # a grid of 2 x 2 = 4 networks, blocks fixed
-        overrides += ["tune.space.blocks=1", "tune.space.kernel_size=[3, 5]", "tune.space.strides=1", "tune.space.dropout=0.2", "tune.space.optimizer=adam",
-                      "tune.space.learning_rate=0.003", "tune.space.schedule=constant"]
+        overrides += [
+            "tune.space.blocks=1",
+            "tune.space.kernel_size=[3, 5]",
+            "tune.space.strides=1",
+            "tune.space.dropout=0.2",
+            "tune.space.optimizer=adam",
+            "tune.space.learning_rate=0.003",
+            "tune.space.schedule=constant",
+        ]
     config = tune_config(tiny_config, *overrides)
     result = search(config, progress=lambda line: None)
     assert len(result.trials) == 3 and (result.trials["status"] == "COMPLETED").all()
@@ -375,9 +399,21 @@ def test_a_named_search_directory_of_another_search_is_refused(tiny_config: Conf
 def test_a_killed_search_resumes_without_redoing_finished_trials(tiny_config: Config, tmp_path: Path) -> None:
     """SIGKILL in the middle of the second trial; the same command again finishes the search from there."""
     out = tmp_path / "runs"
-    args = [sys.executable, "-m", "app", "tune", *[f"--set={o}" for o in SMALL_SPACE],
-            f"--set=data.train={tiny_config.data.train}", "--set=data.image_size=32", "--set=data.batch_size=4", "--set=data.val_fraction=0.25",
-            "--set=train.epochs=6", "--set=tune.max_trials=3", "--set=tune.space.filters=[16, 32]", f"--set=output.dir={out}"]
+    args = [
+        sys.executable,
+        "-m",
+        "app",
+        "tune",
+        *[f"--set={o}" for o in SMALL_SPACE],
+        f"--set=data.train={tiny_config.data.train}",
+        "--set=data.image_size=32",
+        "--set=data.batch_size=4",
+        "--set=data.val_fraction=0.25",
+        "--set=train.epochs=6",
+        "--set=tune.max_trials=3",
+        "--set=tune.space.filters=[16, 32]",
+        f"--set=output.dir={out}",
+    ]
     env = {**os.environ, "NO_ALBUMENTATIONS_UPDATE": "1", "TF_CPP_MIN_LOG_LEVEL": "3"}
     process = subprocess.Popen(args, cwd=REPO, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
     deadline = time.monotonic() + 240
@@ -419,8 +455,14 @@ def test_a_time_budget_stops_the_search(tiny_config: Config, capsys: pytest.Capt
 
 def test_backbone_space_maps_onto_the_backbone_config(tiny_config: Config) -> None:
     config = tune_config(
-        tiny_config, "model.name=efficientnetb0", "model.weights=null", "finetune.epochs=1",
-        "tune.space.backbone=[efficientnetb0, resnet50v2, xception]", "tune.space.unfreeze_blocks=[1, 2]", "tune.space.finetune_learning_rate={min: 0.00001, max: 0.001, sampling: log}", "tune.space.image_size=[16, 32, 64]",
+        tiny_config,
+        "model.name=efficientnetb0",
+        "model.weights=null",
+        "finetune.epochs=1",
+        "tune.space.backbone=[efficientnetb0, resnet50v2, xception]",
+        "tune.space.unfreeze_blocks=[1, 2]",
+        "tune.space.finetune_learning_rate={min: 0.00001, max: 0.001, sampling: log}",
+        "tune.space.image_size=[16, 32, 64]",
     )
     hypermodel = hypermodel_for(config)
     assert type(hypermodel).__name__ == "BackboneHyperModel"
@@ -443,8 +485,13 @@ def test_backbone_space_maps_onto_the_backbone_config(tiny_config: Config) -> No
 
 def test_a_backbone_search_trains_two_stages(tiny_config: Config) -> None:
     config = tune_config(
-        tiny_config, "model.name=efficientnetb0", "model.weights=null", "finetune.epochs=1", "tune.space.unfreeze_blocks=[1, 2]",
-        "tune.space.finetune_learning_rate=[0.0001, 0.001]", "tune.max_trials=1",
+        tiny_config,
+        "model.name=efficientnetb0",
+        "model.weights=null",
+        "finetune.epochs=1",
+        "tune.space.unfreeze_blocks=[1, 2]",
+        "tune.space.finetune_learning_rate=[0.0001, 0.001]",
+        "tune.max_trials=1",
     )
     result = search(config, progress=lambda line: None)
     row = result.trials.iloc[0]

@@ -18,11 +18,11 @@ from typing import Any
 import keras_tuner as kt
 import numpy as np
 import scipy.optimize
-from keras_tuner.src.engine import trial as trial_module
 from sklearn.exceptions import ConvergenceWarning
 
 from app.config import ConfigError, TuneConfig
 from app.training.callbacks import monitor_mode
+from tuning.compat import trial_module
 
 MAX_REJECTED_IN_A_ROW = 2000
 

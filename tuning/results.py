@@ -67,7 +67,8 @@ def write_trials(oracle: Any, hypermodel: Any, search_dir: Path) -> pd.DataFrame
         epochs, sizing = _final_epochs(hypermodel.base.tune.final_minutes, search_dir / f"trial_{best.trial_id}" / "result.json")
         config = hypermodel.config_for(best.hyperparameters, for_training=True, final_epochs=epochs)
         final = "".join(f"# {key}={value}: the final run's own setting (tune.final)\n" for key, value in _dotted(hypermodel.base.tune.final))
-        header = f"# best trial {best.trial_id} of search {search_dir.name}: {oracle.objective.name} = {best.score:.4f}\n{sizing}{final}# train it: imgclf train -c {search_dir / BEST_FILE}\n"
+        header = f"# best trial {best.trial_id} of search {search_dir.name}: {oracle.objective.name} = {best.score:.4f}\n"
+        header += f"{sizing}{final}# train it: imgclf train -c {search_dir / BEST_FILE}\n"
         write_text(search_dir / BEST_FILE, header + dump_config(config))
     return table
 
@@ -107,7 +108,14 @@ def importance(table: pd.DataFrame, objective: str, names: list[str]) -> pd.Data
         if pd.api.types.is_numeric_dtype(groups) and groups.nunique() > 4:
             groups = pd.qcut(groups, 3, duplicates="drop").astype(str)
         means = column.groupby(groups)[objective].mean()
-        rows.append({"hyperparameter": name, "spread": float(means.max() - means.min()), "best value (mean)": str(means.idxmax() if _maximise(objective) else means.idxmin()), "trials": len(column)})
+        rows.append(
+            {
+                "hyperparameter": name,
+                "spread": float(means.max() - means.min()),
+                "best value (mean)": str(means.idxmax() if _maximise(objective) else means.idxmin()),
+                "trials": len(column),
+            }
+        )
     return pd.DataFrame(rows, columns=["hyperparameter", "spread", "best value (mean)", "trials"]).sort_values("spread", ascending=False)
 
 
@@ -156,7 +164,7 @@ def plot_hyperparameters(table: pd.DataFrame, objective: str, names: list[str], 
             ax.set_xticks(range(len(labels)), labels, rotation=30, fontsize=8)
         ax.set_title(name, fontsize=9)
         ax.grid(alpha=0.3)
-    for ax in list(axes.flat)[len(names):]:
+    for ax in list(axes.flat)[len(names) :]:
         ax.axis("off")
     fig.supylabel(objective)
     fig.tight_layout()

@@ -17,12 +17,12 @@ from typing import Any
 
 import keras
 import keras_tuner as kt
-from keras_tuner.src.engine import base_tuner
 
 from app.atomic import write_json
 from app.config import Config
 from app.data import PreparedData
 from app.training.fitting import seed_everything
+from tuning.compat import base_tuner
 from tuning.hypermodels import HYPERBAND_KEYS, ConfigHyperModel
 
 log = logging.getLogger(__name__)
@@ -141,7 +141,10 @@ class SearchTuner(base_tuner.BaseTuner):
         if self._is_worker():  # a distributed search: which worker ran it
             facts["worker"] = self.tuner_id
         values = {k: v for k, v in hp.values.items() if k not in HYPERBAND_KEYS and hp.is_active(k)}
-        write_json(self.trial_dir(trial.trial_id) / RESULT_FILE, {"trial": trial.trial_id, "hyperparameters": values, **facts, "metrics": results, "history": history.rows, "epoch_seconds": history.seconds})
+        write_json(
+            self.trial_dir(trial.trial_id) / RESULT_FILE,
+            {"trial": trial.trial_id, "hyperparameters": values, **facts, "metrics": results, "history": history.rows, "epoch_seconds": history.seconds},
+        )
         del model
         return results
 

@@ -32,8 +32,22 @@ CHANNEL_SUMS_FILE = "channel_sums.png"
 GRADCAM_FILE = "gradcam.png"
 
 __all__ = [
-    "ANATOMY_FILE", "EXPLAIN_DIR", "GradcamResult", "anatomy", "anatomy_markdown", "block_outputs", "explain_anatomy", "explain_examples",
-    "explain_feature_maps", "explain_gradcam", "feature_maps", "gradcam", "gradcam_grid", "last_map_layer", "load_image", "write_anatomy",
+    "ANATOMY_FILE",
+    "EXPLAIN_DIR",
+    "GradcamResult",
+    "anatomy",
+    "anatomy_markdown",
+    "block_outputs",
+    "explain_anatomy",
+    "explain_examples",
+    "explain_feature_maps",
+    "explain_gradcam",
+    "feature_maps",
+    "gradcam",
+    "gradcam_grid",
+    "last_map_layer",
+    "load_image",
+    "write_anatomy",
 ]
 
 

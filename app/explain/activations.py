@@ -17,6 +17,7 @@ import numpy as np
 import tensorflow as tf
 
 from app.models.backbones import backbone_blocks, find_backbone
+from pipelines.errors import OptionError
 
 HEAD = "predictions"  # the final Dense layer of every model here
 POOLING = ("MaxPooling2D", "AveragePooling2D")
@@ -40,7 +41,9 @@ def find_layer(model: keras.Model, name: str) -> keras.layers.Layer:
         if owner is not None and any(layer.name == inner for layer in owner.layers):
             return owner.get_layer(inner)
     maps = [n for n in map_layer_names(model)]
-    raise ValueError(f"model {model.name!r} has no layer {name!r}; layers with feature maps include: {', '.join(maps[-8:])} (`imgclf explain RUN anatomy` lists all)")
+    raise OptionError(
+        f"model {model.name!r} has no layer {name!r}; layers with feature maps include: {', '.join(maps[-8:])} (`imgclf explain RUN anatomy` lists all)"
+    )
 
 
 def map_layer_names(model: keras.Model) -> list[str]:
@@ -77,7 +80,7 @@ def last_map_layer(model: keras.Model) -> str:
     """Grad-CAM's default layer: the last spatial activation before global pooling (not a pooling layer)."""
     candidates = [n for n in map_layer_names(model) if type(find_layer(model, n)).__name__ not in POOLING]
     if not candidates:
-        raise ValueError(f"model {model.name!r} has no layer with a spatial output to explain")
+        raise OptionError(f"model {model.name!r} has no layer with a spatial output to explain")
     return candidates[-1]
 
 
@@ -91,7 +94,9 @@ def inner_model(model: keras.Model, names: Sequence[str]) -> keras.Model:
     if backbone is None:
         return keras.Model(model.inputs[0], [model.get_layer(n).output for n in wanted] + [head.input], name=f"{model.name}_inner")
     inside = [n for n in wanted if any(layer.name == n for layer in backbone.layers)]
-    sub = None if not inside else keras.Model(backbone.inputs, [backbone.get_layer(n).output for n in inside] + [backbone.output], name=f"{backbone.name}_inner")
+    sub = (
+        None if not inside else keras.Model(backbone.inputs, [backbone.get_layer(n).output for n in inside] + [backbone.output], name=f"{backbone.name}_inner")
+    )
     found: dict[str, keras.KerasTensor] = {}
     inputs = keras.Input(shape=model.inputs[0].shape[1:], dtype=model.inputs[0].dtype, name="image")
     x = inputs
@@ -138,7 +143,9 @@ def gradcam(
             tape.watch(activations)
             logits = _logits(model, features)
             p = tf.sigmoid(logits) if multilabel else tf.nn.softmax(logits)
-            chosen = tf.argmax(p, axis=1, output_type=tf.int32) if classes is None else tf.constant(np.asarray(classes[start : start + batch_size], dtype=np.int32))
+            chosen = (
+                tf.argmax(p, axis=1, output_type=tf.int32) if classes is None else tf.constant(np.asarray(classes[start : start + batch_size], dtype=np.int32))
+            )
             score = tf.gather(logits, chosen, axis=1, batch_dims=1)
         grads = tape.gradient(score, activations)
         weights = tf.reduce_mean(tf.cast(grads, tf.float32), axis=(1, 2), keepdims=True)

@@ -96,10 +96,17 @@ def _walk(model: keras.Model, inbound: _Geo, prefix: str, rows: list[LayerRow]) 
             continue  # a nested model's input repeats the outer layer's output
         rows.append(
             LayerRow(
-                f"{prefix}{layer.name}", type(layer).__name__, text, nchw, int(layer.count_params()),
-                op.kernel if op and op.kind != "pad" else None, op.stride if op and op.kind != "pad" else None,
+                f"{prefix}{layer.name}",
+                type(layer).__name__,
+                text,
+                nchw,
+                int(layer.count_params()),
+                op.kernel if op and op.kind != "pad" else None,
+                op.stride if op and op.kind != "pad" else None,
                 op.padding if op and op.kind != "pad" else None,
-                geo.size if _is_map(shape) else None, geo.receptive_field if _is_map(shape) else None, geo.jump if _is_map(shape) else None,
+                geo.size if _is_map(shape) else None,
+                geo.receptive_field if _is_map(shape) else None,
+                geo.jump if _is_map(shape) else None,
             )
         )
     return geo
@@ -116,6 +123,7 @@ def anatomy(model: keras.Model) -> pd.DataFrame:
 
 def anatomy_markdown(table: pd.DataFrame, model: keras.Model | None = None) -> str:
     """The table as Markdown, with the formulas used and the totals."""
+
     def cell(v: object) -> str:
         if v is None or (not isinstance(v, str) and pd.isna(v)):
             return ""

@@ -23,7 +23,7 @@ import os
 import shutil
 import tempfile
 import warnings
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -31,12 +31,13 @@ from typing import Any
 import keras
 import numpy as np
 
+from app import keras_compat
 from app.atomic import OutputExistsError, atomic_write, write_json
-from app.data import make_tf_dataset
+from app.data import evaluation_set, make_tf_dataset
 from app.inference.prediction import predict_probs
 from app.models.portable import portable_model
 from app.runs import Run
-from pipelines.errors import DataError
+from pipelines.errors import DataError, OptionError
 from pipelines.sources import ImageSet
 
 FORMATS = ("keras", "saved_model", "tflite", "onnx")
@@ -101,10 +102,10 @@ def export_run(run: Run, fmt: str = "keras", output: str | os.PathLike | None = 
     model.tflite | model.onnx>`) and its metadata beside it. Nothing existing is replaced unless `force`; the
     export appears whole or not at all (written beside, then renamed)."""
     if fmt not in FORMATS:
-        raise ValueError(f"unknown export format {fmt!r}. Fix: use one of {', '.join(FORMATS)}")
+        raise OptionError(f"unknown export format {fmt!r}. Fix: use one of {', '.join(FORMATS)}")
     path = Path(output) if output else run.path / "export" / DEFAULT_NAMES[fmt]
     if fmt == "keras" and path.suffix != ".keras":
-        raise ValueError(f"{path}: a Keras model file must end in .keras. Fix: pass --output {path.with_suffix('.keras')}")
+        raise OptionError(f"{path}: a Keras model file must end in .keras. Fix: pass --output {path.with_suffix('.keras')}")
     for target in (path, metadata_path(path)):
         if target.exists() and not force:
             raise OutputExistsError(f"{target}: already exists. Fix: choose another --output, or pass --force to replace it.")
@@ -151,12 +152,7 @@ def _export_onnx(model: keras.Model, path: Path) -> None:
     import tf2onnx
     from tensorflow.python.framework.convert_to_constants import convert_variables_to_constants_v2
 
-    try:  # tf2onnx 1.17 still uses NumPy names that NumPy 2 removed; Keras patches them for its own ONNX export
-        from keras.src.export.onnx import patch_tf2onnx
-
-        patch_tf2onnx()
-    except ImportError:  # a Keras without the helper: the tf2onnx it supports needs no patch
-        pass
+    keras_compat.patch_tf2onnx()
     logging.getLogger("tf2onnx").setLevel(logging.WARNING)  # its INFO lines (versions, optimizer passes) are not the user's
     image = model.inputs[0]
     spec = tf.TensorSpec((None, *image.shape[1:]), image.dtype, name="image")
@@ -260,3 +256,25 @@ def check_export(exported: Exported, run: Run, images: ImageSet, tolerance: floa
 def read_metadata(path: str | os.PathLike) -> dict[str, Any]:
     """The metadata written beside an export (pass the export's own path)."""
     return json.loads(metadata_path(Path(path)).read_text())
+
+
+def export_formats(
+    run: Run,
+    formats: Sequence[str],
+    output: str | os.PathLike | None = None,
+    *,
+    force: bool = False,
+    check: bool = False,
+    data: str | None = None,
+    images: str | None = None,
+    count: int = 64,
+) -> Iterator[tuple[Exported, ParityCheck | None]]:
+    """Export `run` in each format in turn, each with its parity check on `count` labeled images (`data`, default the
+    run's validation split) when `check`: yielded as they are done, so that a caller can report each at once."""
+    checked = None
+    if check:
+        labeled = evaluation_set(run.config, run.class_names, data, images)
+        checked = labeled.subset(range(min(count, len(labeled))))
+    for fmt in formats:
+        exported = export_run(run, fmt, output, force=force)
+        yield exported, (check_export(exported, run, checked) if checked is not None else None)

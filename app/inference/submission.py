@@ -38,7 +38,9 @@ def make_submission(
     position = {i: k for k, i in enumerate(ids)}
     missing = [i for i in frame[id_column] if i not in position]
     if missing or len(ids) != len(frame):
-        raise DataError(f"predictions cover {len(ids)} ids but the sample submission has {len(frame)} rows ({len(missing)} without a prediction, e.g. {missing[:3]}).")
+        raise DataError(
+            f"predictions cover {len(ids)} ids but the sample submission has {len(frame)} rows ({len(missing)} without a prediction, e.g. {missing[:3]})."
+        )
     probs = probs[[position[i] for i in frame[id_column]]]
     if set(value_columns) == set(class_names) and len(value_columns) > 1:
         column_of = {name: k for k, name in enumerate(class_names)}

@@ -13,6 +13,7 @@ from typing import Any
 
 import keras
 
+from app.config import ConfigError
 from app.models.backbones import BACKBONES, canonical_name, make_backbone_model
 from app.models.baseline import make_baseline_cnn
 
@@ -49,7 +50,7 @@ def create_model(
         return model
     if is_backbone(name):
         return make_backbone_model(name, input_shape, num_classes, multilabel, weights=weights, dropout=dropout)
-    raise ValueError(f"unknown model {name!r}. Fix: set model.name to one of {', '.join(list_models())}")
+    raise ConfigError(f"unknown model {name!r}. Fix: set model.name to one of {', '.join(list_models())}")
 
 
 def _load_baseline_weights(model: keras.Model, weights: str | os.PathLike) -> None:
@@ -60,7 +61,7 @@ def _load_baseline_weights(model: keras.Model, weights: str | os.PathLike) -> No
         else:
             model.load_weights(weights)
     except (ValueError, OSError) as exc:
-        raise ValueError(
+        raise ConfigError(
             f"{weights}: cannot load these weights into the baseline CNN ({str(exc).splitlines()[0]}). "
             "Fix: pass a file saved from a baseline CNN with the same blocks and classes, or set model.weights=null."
         ) from None

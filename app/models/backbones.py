@@ -23,6 +23,8 @@ import keras
 import numpy as np
 from keras import layers, ops
 
+from app.config import ConfigError
+
 MIN_SIZE = 32  # Keras Applications without their top accept nothing smaller (Xception: 71)
 POOLED = "avg_pool"  # the layer whose output is the backbone's pooled features: the head's input
 
@@ -121,7 +123,7 @@ def canonical_name(name: str) -> str:
 def get_spec(name: str) -> BackboneSpec:
     key = canonical_name(name)
     if key not in BACKBONES:
-        raise ValueError(f"unknown backbone {name!r}. Fix: use one of {', '.join(BACKBONES)}")
+        raise ConfigError(f"unknown backbone {name!r}. Fix: use one of {', '.join(BACKBONES)}")
     return BACKBONES[key]
 
 
@@ -188,10 +190,10 @@ def _weights_error(path: Path, spec: BackboneSpec, detail: str) -> ValueError:
 def _load_local_weights(backbone: keras.Model, path: Path, spec: BackboneSpec) -> None:
     """Load a `.h5`/`.weights.h5` file, or the backbone inside a `.keras` model, into `backbone`; check they fit."""
     if not path.is_file():
-        raise ValueError(f"{path}: weights file not found. Fix: set model.weights to an existing file, imagenet, or null.")
+        raise ConfigError(f"{path}: weights file not found. Fix: set model.weights to an existing file, imagenet, or null.")
     suffix = "".join(path.suffixes[-2:]) if path.name.endswith(".weights.h5") else path.suffix
     if suffix not in (".h5", ".weights.h5", ".keras"):
-        raise ValueError(f"{path}: unsupported weights file type. Fix: pass a .h5, .weights.h5 or .keras file.")
+        raise ConfigError(f"{path}: unsupported weights file type. Fix: pass a .h5, .weights.h5 or .keras file.")
     if suffix == ".keras":
         saved = keras.saving.load_model(path, compile=False, safe_mode=True)
         inner = find_backbone(saved)  # a model of this toolkit: take its backbone; else the file is a backbone
@@ -228,9 +230,9 @@ def make_backbone(name: str, input_shape: tuple[int, int, int], weights: str | o
     height, width, channels = input_shape
     problem = size_problem(name, height, width)
     if problem:
-        raise ValueError(problem)
+        raise ConfigError(problem)
     if channels != 3:
-        raise ValueError(f"{spec.name} takes RGB images (3 channels), got {channels}")
+        raise ConfigError(f"{spec.name} takes RGB images (3 channels), got {channels}")
     kwargs = {"include_top": False, "input_shape": tuple(input_shape)}
     if spec.family == "mobilenet_v2":  # it names itself by width and size ("mobilenetv2_1.00_224"); blocks are found by name
         kwargs["name"] = spec.name
@@ -240,7 +242,7 @@ def make_backbone(name: str, input_shape: tuple[int, int, int], weights: str | o
         except Exception as exc:  # Keras raises a bare Exception for a failed download
             if "URL fetch failure" not in str(exc):
                 raise
-            raise ValueError(_download_hint(exc, spec)) from None
+            raise ConfigError(_download_hint(exc, spec)) from None
     backbone = spec.constructor(weights=None, **kwargs)
     if weights is not None:
         _load_local_weights(backbone, Path(weights), spec)
@@ -314,6 +316,14 @@ def find_backbone(model: keras.Model) -> keras.Model | None:
     return nested[0] if len(nested) == 1 else None
 
 
+def describe_blocks(name: str) -> tuple[str, list[tuple[str, int]]]:
+    """(canonical name, [(block, number of layers)]) of a registered backbone, built at its native size without
+    weights: what finetune.unfreeze_blocks counts (`imgclf models --blocks NAME`)."""
+    spec = get_spec(name)
+    backbone = make_backbone(spec.name, (spec.native_size, spec.native_size, 3), weights=None)
+    return spec.name, [(block, len(layers)) for block, layers in backbone_blocks(backbone)]
+
+
 def backbone_blocks(backbone: keras.Model) -> list[tuple[str, list[keras.layers.Layer]]]:
     """The backbone's layers grouped into named blocks, input to output: `stem`, the architecture's own blocks
     (VGG `block3`, ResNet `conv4_block2`, EfficientNet `block5c`), then `top` for the layers after the last block.
@@ -335,7 +345,7 @@ def freeze_backbone(model: keras.Model) -> None:
     """Stage 1: the whole backbone frozen (BN in inference mode); only the head trains."""
     backbone = find_backbone(model)
     if backbone is None:
-        raise ValueError(f"model {model.name!r} has no pretrained backbone to freeze")
+        raise ConfigError(f"model {model.name!r} has no pretrained backbone to freeze")
     backbone.trainable = False
 
 
@@ -345,21 +355,21 @@ def unfreeze_model(model: keras.Model, blocks: int | None = None, num_layers: in
     statistics (the keras.io fine-tuning recipe). Returns the names of the layers made trainable."""
     backbone = find_backbone(model)
     if backbone is None:
-        raise ValueError(f"model {model.name!r} has no pretrained backbone to unfreeze. Fix: set finetune.epochs=0 for the baseline CNN.")
+        raise ConfigError(f"model {model.name!r} has no pretrained backbone to unfreeze. Fix: set finetune.epochs=0 for the baseline CNN.")
     if blocks is not None and num_layers is not None:
-        raise ValueError("set finetune.unfreeze_blocks or finetune.unfreeze_layers, not both")
+        raise ConfigError("set finetune.unfreeze_blocks or finetune.unfreeze_layers, not both")
     all_layers = backbone.layers
     if blocks is not None:
         groups = backbone_blocks(backbone)
         if not 1 <= blocks <= len(groups):
-            raise ValueError(
+            raise ConfigError(
                 f"cannot unfreeze {blocks} blocks: {backbone.name} has {len(groups)} ({groups[0][0]}, {groups[1][0]}, ..., {groups[-1][0]}). "
                 f"Fix: set finetune.unfreeze_blocks between 1 and {len(groups)}, or leave it unset to unfreeze everything."
             )
         selected = [layer for _, group in groups[-blocks:] for layer in group]
     elif num_layers is not None:
         if not 1 <= num_layers <= len(all_layers):
-            raise ValueError(
+            raise ConfigError(
                 f"cannot unfreeze {num_layers} layers: {backbone.name} has {len(all_layers)}. "
                 f"Fix: set finetune.unfreeze_layers between 1 and {len(all_layers)}, or leave it unset to unfreeze everything."
             )

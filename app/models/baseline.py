@@ -12,7 +12,7 @@ import keras
 import tensorflow as tf
 from keras import layers
 
-from app.config import DEFAULT_BLOCKS, ConvBlock
+from app.config import DEFAULT_BLOCKS, ConfigError, ConvBlock
 from app.models.geometry import POOL_SIZE
 
 __all__ = ["ConvBlock", "make_baseline_cnn"]
@@ -37,7 +37,7 @@ def make_baseline_cnn(
     """A conv-pool CNN over uint8 images; softmax head, or sigmoid for multi-label."""
     parsed = [ConvBlock.parse(b) for b in blocks]
     if not parsed:
-        raise ValueError("the baseline CNN needs at least one conv block")
+        raise ConfigError("the baseline CNN needs at least one conv block")
     inputs = keras.Input(shape=input_shape, dtype="uint8", name="image")
     x = layers.Rescaling(1.0 / 255.0, name="rescale")(inputs)
     for b, block in enumerate(parsed, start=1):

@@ -8,5 +8,5 @@
     schedules.py     the learning-rate schedules, registered for `.keras` loading
     optimization.py  optimizers, losses and class weights from the config
 
-Nothing here knows the CLI (app/cli.py parses and prints) or the search (tuning/ builds on this package).
+Nothing here knows the CLI (app/cli/ parses and prints) or the search (tuning/ builds on this package).
 """

@@ -13,6 +13,7 @@ import numpy as np
 import pandas as pd
 
 from app.atomic import atomic_write, write_json
+from app.config import ConfigError
 from app.models.backbones import whole_model
 from app.models.portable import portable_model
 
@@ -91,7 +92,7 @@ def check_plateau_callbacks(callbacks: Sequence[keras.callbacks.Callback], optim
     inner = getattr(optimizer, "inner_optimizer", optimizer)  # a LossScaleOptimizer under mixed precision
     scheduled = isinstance(inner.get_config()["learning_rate"], dict)  # a serialized schedule, not a number
     if scheduled and any(isinstance(cb, keras.callbacks.ReduceLROnPlateau) for cb in callbacks):
-        raise ValueError(
+        raise ConfigError(
             f"ReduceLROnPlateau cannot change a learning rate that follows the {schedule_name!r} schedule. "
             "Fix: use schedule plateau (a constant rate reduced on plateaus), or drop the ReduceLROnPlateau callback."
         )

@@ -25,11 +25,12 @@ import numpy as np
 import pandas as pd
 
 from app import runs
-from app.atomic import atomic_write, write_json, write_text
+from app.atomic import atomic_write
 from app.config import Config, ConfigError, dump_config, load_config
 from app.data import load_train_val
 from app.inference.evaluation import classification_metrics
 from app.inference.prediction import TTASpec, predict_images
+from app.resumable import ResumableDir
 from app.training.run import VAL_PREDICTIONS_FILE, train
 from pipelines.sources import ImageSet
 
@@ -76,8 +77,8 @@ def cross_validate(config: Config, folds: int | None = None, restart: bool = Fal
     cv_config = dataclasses.replace(config, data=dataclasses.replace(config.data, folds=k, fold=None))
     load_train_val(dataclasses.replace(cv_config.data, fold=1), cv_config.seed)  # bad data: one line, before any directory exists
     started = time.perf_counter()
-    cv_dir, resumed = _open_cv_dir(cv_config, resume=not restart)
-    try:
+    with open_cv_dir(cv_config, resume=not restart) as job:
+        cv_dir, resumed = job.path, job.resumed
         say(f"{'resuming' if resumed else 'writing'} the cross-validation in {cv_dir} ({k} folds)")
         for fold in range(1, k + 1):
             fold_dir = cv_dir / f"{runs.FOLD_PREFIX}{fold}"
@@ -97,32 +98,32 @@ def cross_validate(config: Config, folds: int | None = None, restart: bool = Fal
         std = {n: float(np.std([f[n] for f in per_fold])) for n in names}
         frame = oof_frame(oof_images, oof_folds, probs)
         atomic_write(cv_dir / OOF_FILE, lambda p: frame.to_csv(p, index=False, float_format="%.6f"))
-        write_json(cv_dir / runs.CV_FILE, {
-            "folds": k, "seed": cv_config.seed, "per_fold": per_fold, "mean": mean, "std": std, "oof": oof,
-            "seconds_this_session": round(time.perf_counter() - started, 1), "resumed": resumed,
-        })
-    finally:
-        runs.release_run_dir(cv_dir)
+        job.finish(
+            {
+                "folds": k,
+                "seed": cv_config.seed,
+                "per_fold": per_fold,
+                "mean": mean,
+                "std": std,
+                "oof": oof,
+                "seconds_this_session": round(time.perf_counter() - started, 1),
+                "resumed": resumed,
+            }
+        )
     return CVResult(cv_dir, k, per_fold, mean, std, oof, resumed)
 
 
-def _open_cv_dir(cv_config: Config, resume: bool) -> tuple[Path, bool]:
-    """The newest unfinished CV directory of the very same config (with `resume`), else a fresh one; locked."""
-    text = dump_config(cv_config)
-    base = Path(cv_config.output.dir)
-    if resume and base.is_dir():
-        candidates = [base / cv_config.output.name] if cv_config.output.name else sorted(
-            (p for p in base.iterdir() if p.is_dir() and "-cv-" in p.name), key=lambda p: p.stat().st_mtime, reverse=True
-        )
-        for path in candidates:
-            config_file = path / runs.CONFIG_FILE
-            if path.is_dir() and not (path / runs.CV_FILE).exists() and config_file.is_file() and config_file.read_text() == text and not runs.is_locked(path):
-                runs.lock_run_dir(path)
-                return path, True
-    path = runs.create_run_dir(base, cv_config.output.name, f"cv-{cv_config.model.name}")
-    runs.lock_run_dir(path)
-    write_text(path / runs.CONFIG_FILE, text)
-    return path, False
+def open_cv_dir(cv_config: Config, resume: bool) -> ResumableDir:
+    """The newest unfinished CV directory of the very same config (with `resume`), else a fresh one (a `with` block)."""
+    return ResumableDir(
+        cv_config.output.dir,
+        "cv",
+        dump_config(cv_config),
+        finished_file=runs.CV_FILE,
+        stem=f"cv-{cv_config.model.name}",
+        name=cv_config.output.name,
+        resume=resume,
+    )
 
 
 def fold_val_sets(cv_config: Config, folds: int) -> list[ImageSet]:
@@ -144,8 +145,11 @@ def _collect_oof(cv_config: Config, cv_dir: Path, k: int) -> tuple[ImageSet, np.
         probs.append(table[list(val.class_names)].to_numpy(dtype=np.float64)[[row_of[i] for i in val.ids]])
     first = parts[0]
     images = ImageSet(
-        paths=sum((p.paths for p in parts), ()), ids=sum((p.ids for p in parts), ()), class_names=first.class_names,
-        labels=np.concatenate([p.labels for p in parts]), multilabel=first.multilabel,
+        paths=sum((p.paths for p in parts), ()),
+        ids=sum((p.ids for p in parts), ()),
+        class_names=first.class_names,
+        labels=np.concatenate([p.labels for p in parts]),
+        multilabel=first.multilabel,
     )
     return images, np.asarray(fold_of), np.concatenate(probs)
 
@@ -174,3 +178,10 @@ def oof_scores(cv_dir: str | Path, tta: TTASpec = None, passes: int | None = Non
         probs.append(p)
         multilabel = kept.multilabel
     return classification_metrics(np.concatenate(labels), np.concatenate(probs), multilabel)
+
+
+def tta_gain(cv_dir: str | Path, tta: TTASpec, passes: int | None = None) -> tuple[str, dict[str, float], dict[str, float]]:
+    """(the headline metric, out-of-fold scores without TTA, with `tta`): what test-time augmentation buys on a
+    finished CV, on images no fold model trained on."""
+    plain, with_tta = oof_scores(cv_dir, tta="none"), oof_scores(cv_dir, tta=tta, passes=passes)
+    return ("mean_column_auc" if "mean_column_auc" in plain else "accuracy"), plain, with_tta

@@ -20,7 +20,8 @@ from typing import Any
 import keras
 import tensorflow as tf
 
-from app.config import Config, ScheduleConfig
+from app import keras_compat
+from app.config import Config, ConfigError, ScheduleConfig
 from app.data import Datasets, PreparedData
 from app.models import create_model, is_backbone
 from app.models.backbones import find_backbone, freeze_backbone, unfreeze_model
@@ -60,7 +61,7 @@ def plan_stages(config: Config, steps_per_epoch: int) -> list[Stage]:
     stages = [Stage("train", tc.epochs, tc.learning_rate, tc.schedule, make_schedule(tc.schedule, tc.learning_rate, tc.epochs, steps_per_epoch))]
     if ft.epochs > 0:
         if not is_backbone(config.model.name):
-            raise ValueError(
+            raise ConfigError(
                 f"finetune.epochs={ft.epochs}, but model.name={config.model.name} has no pretrained backbone to unfreeze. "
                 "Fix: set finetune.epochs=0, or choose a backbone (imgclf models lists them)."
             )
@@ -119,7 +120,9 @@ def standard_callbacks(config: Config, stage: Stage, initial_epoch: int = 0) -> 
     if stage.schedule.name == "plateau":
         rate = stage.schedule.decay_rate if stage.schedule.decay_rate is not None else 0.1
         callbacks.append(
-            keras.callbacks.ReduceLROnPlateau(tc.monitor, factor=rate, patience=stage.schedule.patience, min_lr=stage.schedule.min_lr, mode=monitor_mode(tc.monitor))
+            keras.callbacks.ReduceLROnPlateau(
+                tc.monitor, factor=rate, patience=stage.schedule.patience, min_lr=stage.schedule.min_lr, mode=monitor_mode(tc.monitor)
+            )
         )
     return callbacks
 
@@ -161,7 +164,7 @@ def fit_stages(
             compile_model(fitted, config, stage.lr, data.multilabel)
         stage_cbs = [*(stage_callbacks(stage) if stage_callbacks else []), *callbacks, *standard_callbacks(config, stage, epoch)]
         check_plateau_callbacks(stage_cbs, fitted.optimizer, stage.schedule.name)
-        fitted._initial_epoch = None  # a restore in an earlier stage's fit must not carry over (Keras keeps it on the model)
+        keras_compat.reset_initial_epoch(fitted)  # a restore in an earlier stage's fit must not carry over
         history = fitted.fit(
             train_data,
             validation_data=val_data,
@@ -172,7 +175,7 @@ def fit_stages(
             verbose=config.train.verbose,
             shuffle=False,  # the dataset shuffles
         )
-        restored = fitted._initial_epoch  # set by BackupAndRestore when it resumed this stage
+        restored = keras_compat.resumed_epoch(fitted)  # where BackupAndRestore resumed this stage, if it did
         if history.epoch:
             last = history.epoch[-1] + 1
         else:  # resumed after its last epoch was saved but before the stage was marked done: nothing left to run

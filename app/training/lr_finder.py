@@ -18,8 +18,9 @@ from app.atomic import atomic_write, write_json, write_text
 from app.config import Config, dump_config
 from app.data import make_datasets, prepare_data
 from app.plots import subplots
-from app.runs import CONFIG_FILE, create_run_dir
+from app.resumable import CONFIG_FILE, fresh_dir
 from app.training.fitting import build_model, compile_model, plan_stages, seed_everything, set_trainable
+from pipelines.errors import OptionError
 
 
 @dataclass
@@ -59,9 +60,9 @@ def suggest_lr(learning_rates: np.ndarray, smoothed: np.ndarray) -> float:
 def find_lr(config: Config, steps: int = 100, start_lr: float = 1e-7, end_lr: float = 1.0, beta: float = 0.98, diverge: float = 4.0) -> LRFinderResult:
     """Range test on the training set of `config`, with the model and optimizer of its first stage."""
     if not 0 < start_lr < end_lr:
-        raise ValueError(f"LR finder: need 0 < start_lr < end_lr, got {start_lr} and {end_lr}")
+        raise OptionError(f"LR finder: need 0 < start_lr < end_lr, got {start_lr} and {end_lr}")
     if steps < 5:
-        raise ValueError(f"LR finder: {steps} steps are too few for a range test. Fix: use at least 5 (100-300 is usual).")
+        raise OptionError(f"LR finder: {steps} steps are too few for a range test. Fix: use at least 5 (100-300 is usual).")
     seed_everything(config.seed, config.train.deterministic)
     data = prepare_data(config, with_val=False)
     model = build_model(config, data.num_classes, data.multilabel)
@@ -92,7 +93,7 @@ def _range_test(model: keras.Model, schedule: Any, dataset: Any, weights: dict[i
             stopped = True
             break
     if len(lrs) < 3:
-        raise ValueError(f"LR finder: the loss diverged after {len(lrs)} steps. Fix: lower --start-lr.")
+        raise OptionError(f"LR finder: the loss diverged after {len(lrs)} steps. Fix: lower --start-lr.")
     lr_array, smooth_array = np.array(lrs), np.array(smoothed)
     kept = len(lrs) - 5 if stopped and len(lrs) > 15 else len(lrs)  # the last steps before divergence are its start
     suggested = suggest_lr(lr_array[:kept], smooth_array[:kept])
@@ -124,7 +125,7 @@ def plot_lr_finder(result: LRFinderResult, path: str) -> None:
 def write_lr_finder(config: Config, result: LRFinderResult, **settings: Any) -> Path:
     """A fresh `runs/<timestamp>-lr_finder-<model>/` with config.yaml, lr_finder.csv (rate, loss, smoothed loss per
     step), lr_finder.json (the suggestion, the minimum, notes, and `settings` such as steps) and lr_finder.png."""
-    run_dir = create_run_dir(config.output.dir, None, f"lr_finder-{config.model.name}")
+    run_dir = fresh_dir(config.output.dir, None, f"lr_finder-{config.model.name}")
     write_text(run_dir / CONFIG_FILE, dump_config(config))
     frame = pd.DataFrame({"learning_rate": result.learning_rates, "loss": result.losses, "smoothed_loss": result.smoothed})
     atomic_write(run_dir / "lr_finder.csv", lambda p: frame.to_csv(p, index=False))
@@ -132,3 +133,19 @@ def write_lr_finder(config: Config, result: LRFinderResult, **settings: Any) -> 
     write_json(run_dir / "lr_finder.json", {**summary, **settings})
     plot_lr_finder(result, str(run_dir / "lr_finder.png"))
     return run_dir
+
+
+def plot_planned_lr(config: Config, output: str | Path, steps_per_epoch: int | None = None, force: bool = False) -> tuple[list, int]:
+    """Draw the learning rate per step of every stage the config plans, before any training: (the stages, the steps
+    per epoch, by default from the size of the configured training set, whose files are listed, not decoded)."""
+    from app.atomic import check_output
+    from app.data import load_train_val
+    from app.plots import plot_lr_schedule
+
+    output = check_output(output, force=force)
+    if steps_per_epoch is None:
+        train_set, _ = load_train_val(config.data, config.seed)
+        steps_per_epoch = math.ceil(len(train_set) / config.data.batch_size)
+    stages = plan_stages(config, steps_per_epoch)
+    plot_lr_schedule([(s.name, s.lr, s.epochs) for s in stages], steps_per_epoch, Path(output))
+    return stages, steps_per_epoch

@@ -9,6 +9,7 @@ import numpy as np
 from keras import ops
 from sklearn.utils.class_weight import compute_class_weight
 
+from app.config import ConfigError
 from app.training.schedules import Schedule
 
 OPTIMIZERS = ("adam", "adamw", "sgd")
@@ -24,7 +25,7 @@ def make_optimizer(name: str, learning_rate: float | Schedule, weight_decay: flo
     elif name == "sgd":
         optimizer = keras.optimizers.SGD(learning_rate, momentum=momentum, nesterov=momentum > 0, weight_decay=weight_decay or None)
     else:
-        raise ValueError(f"unknown optimizer {name!r}. Fix: set train.optimizer to one of {', '.join(OPTIMIZERS)}")
+        raise ConfigError(f"unknown optimizer {name!r}. Fix: set train.optimizer to one of {', '.join(OPTIMIZERS)}")
     if optimizer.weight_decay:
         optimizer.exclude_from_weight_decay(var_names=NO_DECAY)
     return optimizer
@@ -49,7 +50,7 @@ class SparseCategoricalCrossentropySmoothed(keras.losses.Loss):
 def make_loss_and_metrics(multilabel: bool, label_smoothing: float = 0.0) -> tuple[keras.losses.Loss, list[keras.metrics.Metric]]:
     """Softmax cross-entropy with accuracy, or per-class binary cross-entropy with accuracy and AUC for multi-label."""
     if not 0.0 <= label_smoothing < 1.0:
-        raise ValueError(f"train.label_smoothing must be in [0, 1), got {label_smoothing}")
+        raise ConfigError(f"train.label_smoothing must be in [0, 1), got {label_smoothing}")
     if multilabel:
         return keras.losses.BinaryCrossentropy(label_smoothing=label_smoothing), [
             keras.metrics.BinaryAccuracy(name="accuracy"),
@@ -65,17 +66,17 @@ def class_weights(labels: np.ndarray, class_names: Sequence[str], spec: str | Ma
     if spec is None:
         return None
     if multilabel:
-        raise ValueError("train.class_weight works for single-label data only. Fix: set train.class_weight=null for multi-label sets.")
+        raise ConfigError("train.class_weight works for single-label data only. Fix: set train.class_weight=null for multi-label sets.")
     if isinstance(spec, str):
         if spec != "balanced":
-            raise ValueError(f"train.class_weight={spec!r}: expected balanced, a mapping {{class: weight}}, or null")
+            raise ConfigError(f"train.class_weight={spec!r}: expected balanced, a mapping {{class: weight}}, or null")
         present = np.unique(labels)
         weights = compute_class_weight("balanced", classes=present, y=labels)
         return {int(c): float(w) for c, w in zip(present, weights)}
     unknown = sorted(set(spec) - set(class_names))
     if unknown:
-        raise ValueError(f"train.class_weight names unknown class(es) {unknown}. Fix: use the class names {', '.join(class_names)}")
+        raise ConfigError(f"train.class_weight names unknown class(es) {unknown}. Fix: use the class names {', '.join(class_names)}")
     bad = {k: v for k, v in spec.items() if not v > 0}
     if bad:
-        raise ValueError(f"train.class_weight: weights must be > 0, got {bad}")
+        raise ConfigError(f"train.class_weight: weights must be > 0, got {bad}")
     return {i: float(spec.get(name, 1.0)) for i, name in enumerate(class_names)}

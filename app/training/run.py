@@ -30,7 +30,7 @@ import pandas as pd
 import tensorflow as tf
 
 from app import runs
-from app.atomic import atomic_write, write_json, write_text
+from app.atomic import atomic_write, write_json
 from app.config import Config, dump_config
 from app.data import PreparedData, make_datasets, make_tf_dataset, prepare_data
 from app.devices import is_chief, make_strategy, precision_policy
@@ -74,7 +74,9 @@ def train(config: Config, callbacks: Sequence[keras.callbacks.Callback] = (), da
     return _train(config, strategy, callbacks, data, started)
 
 
-def _train(config: Config, strategy: tf.distribute.Strategy, callbacks: Sequence[keras.callbacks.Callback], data: PreparedData | None, started: float) -> TrainResult:
+def _train(
+    config: Config, strategy: tf.distribute.Strategy, callbacks: Sequence[keras.callbacks.Callback], data: PreparedData | None, started: float
+) -> TrainResult:
     seed_everything(config.seed, config.train.deterministic)
     size = (config.data.image_size, config.data.image_size)
     transforms = {"train": build_transform(config.augment.train, size), "eval": build_transform(config.augment.eval, size)}  # before any work
@@ -86,8 +88,8 @@ def _train(config: Config, strategy: tf.distribute.Strategy, callbacks: Sequence
         with strategy.scope():
             model = build_model(config, data.num_classes, data.multilabel)  # fails fast on a bad model config
         config_text = dump_config(config)
-        run_dir, resumed = runs.open_run_dir(config.output.dir, config.output.name, config.model.name, config_text, config.train.resume)
-        try:
+        with runs.open_run_dir(config.output.dir, config.output.name, config.model.name, config_text, config.train.resume) as job:
+            run_dir, resumed = job.path, job.resumed
             log.info("%s the run in %s", "resuming" if resumed else "writing", run_dir)
             if not resumed:
                 _write_run_files(run_dir, config, config_text, data, stages, steps_per_epoch, transforms)
@@ -134,10 +136,8 @@ def _train(config: Config, strategy: tf.distribute.Strategy, callbacks: Sequence
                 from app.explain import explain_examples  # TensorFlow's gradient code only when asked for
 
                 explain_examples(runs.Run(run_dir, config, best, list(data.train.class_names), data.multilabel), data.val, data.val_cache)
-            write_json(run_dir / runs.FINISHED_FILE, metrics)
+            job.finish(metrics)
             shutil.rmtree(backup, ignore_errors=True)
-        finally:
-            runs.release_run_dir(run_dir)
     return TrainResult(run_dir=run_dir, model_path=model_path, metrics=metrics, history=history)
 
 
@@ -195,7 +195,6 @@ def _finished_stage(run_dir: Path, stage: Stage) -> int | None:
 def _write_run_files(
     run_dir: Path, config: Config, config_text: str, data: PreparedData, stages: list[Stage], steps_per_epoch: int, transforms: dict[str, Any]
 ) -> None:
-    write_text(run_dir / runs.CONFIG_FILE, config_text)
     write_json(run_dir / runs.CLASSES_FILE, {"class_names": list(data.train.class_names), "multilabel": data.multilabel})
     save_transform(transforms["train"], run_dir / "augment_train.yaml")
     save_transform(transforms["eval"], run_dir / "augment_eval.yaml")

@@ -26,7 +26,7 @@ import keras
 import numpy as np
 from keras import ops
 
-from app.config import ScheduleConfig
+from app.config import ConfigError, ScheduleConfig
 
 SCHEDULES = ("constant", "step", "exponential", "cosine", "cosine_restarts", "one_cycle", "polynomial", "ramp_sustain_step", "plateau")
 Schedule = keras.optimizers.schedules.LearningRateSchedule
@@ -92,7 +92,7 @@ class OneCycle(Schedule):
 
 @keras.saving.register_keras_serializable(package="imgclf")
 class RampSustainStep(Schedule):
-    """"Ramp-up, sustain, step-down": the `lrfn` of many Kaggle Keras kernels, evaluated per whole epoch."""
+    """ "Ramp-up, sustain, step-down": the `lrfn` of many Kaggle Keras kernels, evaluated per whole epoch."""
 
     def __init__(self, start_lr: float, max_lr: float, min_lr: float, ramp_epochs: float, sustain_epochs: float, decay_rate: float, steps_per_epoch: int):
         self.start_lr = float(start_lr)
@@ -119,22 +119,22 @@ def make_schedule(options: ScheduleConfig, learning_rate: float, epochs: int, st
     Returns a plain float for `constant` and `plateau` (so Keras' ReduceLROnPlateau can change it)."""
     o = options
     if o.name not in SCHEDULES:
-        raise ValueError(f"unknown schedule {o.name!r}. Fix: set the schedule name to one of {', '.join(SCHEDULES)}")
+        raise ConfigError(f"unknown schedule {o.name!r}. Fix: set the schedule name to one of {', '.join(SCHEDULES)}")
     if learning_rate <= 0 or epochs < 1 or steps_per_epoch < 1:
-        raise ValueError(f"schedule {o.name}: need learning_rate > 0 and at least one epoch of one step (got {learning_rate}, {epochs}, {steps_per_epoch})")
+        raise ConfigError(f"schedule {o.name}: need learning_rate > 0 and at least one epoch of one step (got {learning_rate}, {epochs}, {steps_per_epoch})")
     total = epochs * steps_per_epoch
     warmup = int(round(o.warmup_epochs * steps_per_epoch))
     if o.warmup_epochs < 0 or (warmup >= total and o.warmup_epochs > 0):
-        raise ValueError(
+        raise ConfigError(
             f"schedule {o.name}: warmup of {o.warmup_epochs:g} epochs is not shorter than the {epochs} epochs of training. "
             f"Fix: lower schedule.warmup_epochs below {epochs}, or train longer."
         )
     if warmup and o.name in ("one_cycle", "plateau"):
-        raise ValueError(f"schedule {o.name} has no separate warmup (one_cycle rises over pct_start). Fix: set schedule.warmup_epochs=0.")
+        raise ConfigError(f"schedule {o.name} has no separate warmup (one_cycle rises over pct_start). Fix: set schedule.warmup_epochs=0.")
     rate = o.decay_rate if o.decay_rate is not None else DEFAULT_DECAY_RATE.get(o.name)
     decay_epochs = o.decay_epochs if o.decay_epochs is not None else max(epochs - o.warmup_epochs, 1) / 3
     if decay_epochs <= 0:
-        raise ValueError(f"schedule {o.name}: decay_epochs must be > 0 (got {decay_epochs})")
+        raise ConfigError(f"schedule {o.name}: decay_epochs must be > 0 (got {decay_epochs})")
     after = total - warmup  # steps left once warmup is over
     S = keras.optimizers.schedules
     if o.name in ("constant", "plateau"):

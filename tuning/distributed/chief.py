@@ -1,26 +1,10 @@
-"""A search over several processes or machines, on KerasTuner's own chief/worker engine.
-
-KerasTuner runs a parallel search as one chief, which holds the oracle and answers over gRPC, and workers that run
-trials through `OracleClient` (set up from KERASTUNER_TUNER_ID, KERASTUNER_ORACLE_IP and KERASTUNER_ORACLE_PORT).
-This module keeps that engine (its protocol, its oracle, its trial records) and closes the gaps that make it hang
-or lose trials (keras-team/keras-tuner #915, #596, #990):
-
-- Liveness. Every request names its worker (gRPC metadata) and workers send a heartbeat. A worker that exits (local
-  workers) or stays silent for `tune.worker_timeout` seconds has its trial released: it runs again on another
-  worker once (the oracle's own retry), then is recorded as failed with the reason. KerasTuner's chief waits
-  forever for such a trial, and exits only in 20-second steps.
-- Once. A report from a worker whose trial was released is ignored, so each trial is recorded once.
-- One line for connection problems. A port in use is refused (gRPC binds with SO_REUSEPORT by default, so two
-  chiefs would silently share a port). A chief that does not answer within `tune.connect_timeout` seconds is named
-  with its address, instead of a client that waits an hour. A worker that loses its chief mid-search waits
-  `CHIEF_WAIT_SECONDS` for it, so a chief started again takes up the same search with its workers still running.
-"""
+"""The chief of a distributed search: KerasTuner's oracle served over gRPC, with worker liveness, and the local worker
+processes it starts (each pinned to its share of the cores, started as `python -m tuning.distributed.worker`)."""
 
 from __future__ import annotations
 
 import collections
 import os
-import re
 import signal
 import socket
 import subprocess
@@ -35,46 +19,12 @@ from typing import Any
 
 import grpc
 import keras_tuner as kt
-from keras_tuner.src import protos
-from keras_tuner.src.distribute import oracle_chief, oracle_client
-from keras_tuner.src.engine import conditions
-from keras_tuner.src.engine import trial as trial_module
 
-# KerasTuner 1.4.8 prints the first value of every condition it serialises for gRPC (a debugging print left in
-# `conditions.Parent.to_proto`): one line per conditional hyperparameter per request. Silenced for that module only.
-conditions.print = lambda *args, **kwargs: None
-
-TUNER_ID_KEY = "imgclf-tuner-id"  # gRPC metadata: which worker sent a request
-CHIEF_WAIT_SECONDS = 600.0  # how long a worker's call waits for a chief that went away (a restart) before it gives up
-HEARTBEAT_REQUEST = 0  # GetBestTrials(num_trials=0): the heartbeat, cheap for the chief and told apart from real asks
-
-
-class DistributedError(ValueError):
-    """A distributed search that cannot start or go on (address, port, chief out of reach). User-facing."""
-
-
-def parse_address(text: str) -> tuple[str, int]:
-    """`HOST:PORT` -> (host, port), or one line saying what is wrong."""
-    host, _, port = text.rpartition(":")
-    if not host or not port.isdigit() or not 0 < int(port) < 65536:
-        raise DistributedError(f"--oracle {text!r}: give the chief's address as HOST:PORT, for example 10.0.0.1:8000")
-    return host.strip("[]"), int(port)
-
-
-def check_worker_id(worker_id: str) -> str:
-    """KerasTuner treats any tuner id containing "chief" as the chief: refuse such a worker id."""
-    if "chief" in worker_id or not re.fullmatch(r"[\w.@-]+", worker_id):
-        raise DistributedError(f"--worker-id {worker_id!r}: use letters, digits and . _ @ - only, without the word 'chief' (KerasTuner reserves it)")
-    return worker_id
-
-
-def default_worker_id() -> str:
-    """`worker-<host>-<pid>`: unique on a cluster; the host name cleared of "chief" (see check_worker_id)."""
-    host = re.sub(r"[^\w.-]", "-", socket.gethostname()).replace("chief", "chf")
-    return f"worker-{host}-{os.getpid()}"
-
-
-# -- the chief ---------------------------------------------------------------------------------------------------
+from app.resumable import CONFIG_FILE
+from tuning.compat import consecutive_failures, oracle_chief, protos, retry_queue, save_trial, trial_module
+from tuning.directory import WORKER_LOGS
+from tuning.distributed.protocol import HEARTBEAT_REQUEST, TUNER_ID_KEY, DistributedError
+from tuning.session import Session, announce, consecutive_failures_error
 
 
 class ChiefServicer(oracle_chief.OracleServicer):
@@ -150,10 +100,10 @@ class ChiefServicer(oracle_chief.OracleServicer):
                 return protos.get_service().EndTrialResponse()
             try:
                 super().EndTrial(request, context)
-            except RuntimeError as exc:  # the oracle's "Number of consecutive failures exceeded the limit"
-                if "consecutive failures" not in str(exc):
+            except RuntimeError as exc:
+                self.failure = consecutive_failures(exc)
+                if self.failure is None:
                     raise
-                self.failure = [line for line in str(exc).strip().splitlines() if line.strip()][-1]
             self.on_trial_end(tuner_id, self.oracle.get_trial(request.trial.trial_id))
             return protos.get_service().EndTrialResponse()
 
@@ -180,7 +130,7 @@ class ChiefServicer(oracle_chief.OracleServicer):
             try:
                 self.oracle.end_trial(trial)
             except RuntimeError as exc:
-                if "consecutive failures" not in str(exc):
+                if consecutive_failures(exc) is None:
                     raise
                 self.failure = reason
             ended = self.oracle.get_trial(trial.trial_id)
@@ -191,12 +141,12 @@ class ChiefServicer(oracle_chief.OracleServicer):
         """Trials waiting for a second run when no worker is left to run them: recorded as failed, with why."""
         with self.lock:
             failed = []
-            while self.oracle._retry_queue:
-                trial = self.oracle.trials[self.oracle._retry_queue.pop()]
+            while retry_queue(self.oracle):
+                trial = self.oracle.trials[retry_queue(self.oracle).pop()]
                 trial.status = trial_module.TrialStatus.FAILED
                 trial.message = (trial.message or "") + "\nno worker was left to run it again"
                 self.oracle.end_order.append(trial.trial_id)
-                self.oracle._save_trial(trial)
+                save_trial(self.oracle, trial)
                 failed.append(trial.trial_id)
             self.oracle.save()
             return failed
@@ -289,8 +239,20 @@ def start_local_workers(count: int, address: str, config_path: Path, search_dir:
         tuner_id = f"worker{index}"
         threads = str(len(cores))
         env = {**os.environ, "TF_NUM_INTRAOP_THREADS": threads, "TF_NUM_INTEROP_THREADS": "2", "OMP_NUM_THREADS": threads, "PYTHONUNBUFFERED": "1"}
-        command = [sys.executable, "-m", "app", "tune", "-c", str(config_path), "--role", "worker", "--oracle", address,
-                   "--worker-id", tuner_id, "--search-dir", str(search_dir), "--cores", ",".join(map(str, cores)), "--exit-with-parent"]  # fmt: skip
+        command = [
+            sys.executable,
+            "-m",
+            "tuning.distributed.worker",
+            str(config_path),
+            "--oracle",
+            address,
+            "--worker-id",
+            tuner_id,
+            "--search-dir",
+            str(search_dir),
+            "--cores",
+            ",".join(map(str, cores)),
+        ]
         log = log_dir / f"{tuner_id}.log"
         with open(log, "ab") as out:
             process = subprocess.Popen(command, stdout=out, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, env=env)
@@ -340,7 +302,8 @@ def serve(
             if unfinished or failed:
                 last = next((w.last_line() for w in reversed(local) if w.last_line()), "")
                 raise DistributedError(
-                    f"all {len(local)} workers stopped before the search finished" + (f" (last: {last})" if last else "")
+                    f"all {len(local)} workers stopped before the search finished"
+                    + (f" (last: {last})" if last else "")
                     + ". Their logs are in the search directory's workers/; the same command resumes the search"
                 )
             break
@@ -363,86 +326,42 @@ def stop_local_workers(local: list[LocalWorker], grace: float = 10.0) -> None:
             worker.process.wait()
 
 
-# -- a worker ----------------------------------------------------------------------------------------------------
+def serve_search(opened: Session, host: str, port: int, workers: int, accept_remote: bool, progress: Callable[[str], None]) -> dict[str, Any]:
+    """Be the chief: serve the oracle, start `workers` local worker processes, and follow the search to its end."""
+    tuner = opened.tuner
 
+    def begun(worker: str, trial: kt.engine.trial.Trial) -> None:
+        progress(f"trial {trial.trial_id} started on {worker}")
 
-class _CallDetails(
-    collections.namedtuple("_CallDetails", ("method", "timeout", "metadata", "credentials", "wait_for_ready", "compression")), grpc.ClientCallDetails
-):
-    pass
+    def ended(worker: str, trial: kt.engine.trial.Trial) -> None:
+        tuner.save()  # the chief's clock (tune.max_minutes over resumes)
+        if trial.status == "INVALID":  # released or failed once: the oracle runs it again
+            reason = ((trial.message or "").strip().splitlines() or ["no reason given"])[-1][:160]
+            progress(f"trial {trial.trial_id} on {worker} did not finish ({reason}); it will run again")
+        else:
+            tuner.on_trial_done(tuner, trial, worker)
 
-
-class _WorkerCalls(grpc.UnaryUnaryClientInterceptor):
-    """Every request of a worker carries its id, and waits for the chief at most `timeout` seconds."""
-
-    def __init__(self, tuner_id: str, timeout: float):
-        self.tuner_id = tuner_id
-        self.timeout = timeout
-
-    def intercept_unary_unary(self, continuation: Callable, details: grpc.ClientCallDetails, request: Any) -> Any:
-        metadata = [*(details.metadata or []), (TUNER_ID_KEY, self.tuner_id)]
-        timeout = min(details.timeout, self.timeout) if details.timeout else self.timeout
-        return continuation(_CallDetails(details.method, timeout, metadata, details.credentials, True, details.compression), request)
-
-
-def connect(address: str, tuner_id: str, timeout: float, connect_timeout: float) -> grpc.Channel:
-    """A channel to the chief, checked to answer within `connect_timeout` seconds (else one line)."""
-    channel = grpc.insecure_channel(address)
+    servicer = ChiefServicer(tuner.oracle, begun, ended)
+    local: list[LocalWorker] = []
+    tuner.save()
+    server, port = start_server(servicer, host, port)
+    address = f"{'127.0.0.1' if host in ('0.0.0.0', '::') else host}:{port}"
+    announce(opened, progress, f"; chief at {host}:{port}")
     try:
-        grpc.channel_ready_future(channel).result(timeout=connect_timeout)
-    except grpc.FutureTimeoutError:
-        channel.close()
-        raise DistributedError(
-            f"cannot reach the search's chief at {address} within {connect_timeout:.0f} s (tune.connect_timeout). "
-            f"Fix: start it first (imgclf tune -c FILE --role chief --oracle {address}), and check the address and that the port is open"
-        ) from None
-    return grpc.intercept_channel(channel, _WorkerCalls(tuner_id, timeout))
-
-
-class WorkerOracle(oracle_client.OracleClient):
-    """KerasTuner's OracleClient over a channel that names this worker and bounds how long a call waits."""
-
-    def __init__(self, oracle: kt.Oracle, channel: grpc.Channel, tuner_id: str, wait_seconds: float = 1.0):
-        self._oracle = oracle
-        self.stub = protos.get_service_grpc().OracleStub(channel)
-        self.tuner_id = tuner_id
-        self.multi_worker = False
-        self.should_report = True
-        self.wait_seconds = wait_seconds
-
-    def create_trial(self, tuner_id: str) -> trial_module.Trial:
-        trial = super().create_trial(tuner_id)
-        if trial.status == trial_module.TrialStatus.IDLE:  # KerasTuner's tuner asks again at once: not in a busy loop
-            time.sleep(self.wait_seconds)
-        return trial
-
-
-class Heartbeat(threading.Thread):
-    """Tells the chief every `interval` seconds that this worker is alive; with `parent`, ends this process when
-    the process that started it is gone (a local worker outliving a killed chief would hold its trial)."""
-
-    def __init__(self, channel: grpc.Channel, interval: float, parent: int | None = None):
-        super().__init__(daemon=True, name="imgclf-heartbeat")
-        self.stub = protos.get_service_grpc().OracleStub(channel)
-        self.interval = interval
-        self.parent = parent
-        self.stopped = threading.Event()
-
-    def run(self) -> None:
-        while not self.stopped.wait(self.interval):
-            if self.parent is not None and os.getppid() != self.parent:
-                os._exit(3)
-            try:
-                self.stub.GetBestTrials(protos.get_service().GetBestTrialsRequest(num_trials=HEARTBEAT_REQUEST), timeout=self.interval)
-            except grpc.RpcError:
-                pass  # the chief is away (restarting?): the trial's own calls wait for it
-
-    def stop(self) -> None:
-        self.stopped.set()
-
-
-def set_worker_environment(tuner_id: str, host: str, port: int) -> None:
-    """KerasTuner's own switches: with them, a tuner of this process is a worker of the chief at host:port."""
-    os.environ["KERASTUNER_TUNER_ID"] = tuner_id
-    os.environ["KERASTUNER_ORACLE_IP"] = host
-    os.environ["KERASTUNER_ORACLE_PORT"] = str(port)
+        local = start_local_workers(workers, address, opened.search_dir / CONFIG_FILE, opened.search_dir, opened.search_dir / WORKER_LOGS)
+        for worker in local:
+            progress(f"{worker.tuner_id}: pid {worker.process.pid}, cores {','.join(map(str, worker.cores))}, log {worker.log}")
+        chief_cpu = time.process_time()
+        serve(servicer, local, accept_remote, opened.config.tune.worker_timeout, progress)
+        chief_cpu = time.process_time() - chief_cpu
+    finally:
+        stop_local_workers(local)
+        server.stop(grace=1.0)
+    if servicer.failure:
+        raise consecutive_failures_error(opened, servicer.failure)
+    return {
+        "workers": workers,
+        "oracle_requests": dict(servicer.requests),
+        "chief_cpu_seconds": round(chief_cpu, 2),
+        "ignored_reports": servicer.ignored_reports,
+    }
