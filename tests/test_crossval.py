@@ -191,7 +191,7 @@ def test_multilabel_one_hot_csv_from_real_photos_through_cv_and_a_tta_submission
     config = tmp_path / "multi.yaml"
     config.write_text(
         f"data: {{train: {tmp_path / 'train.csv'}, test: {tmp_path / 'sample_submission.csv'}, "
-        "id_column: image_id, label_columns: [yellow, tall], image_size: 32, batch_size: 16}}\n"
+        f"id_column: image_id, label_columns: [yellow, tall], image_size: 32, batch_size: 16}}\n"
         f"model: {{blocks: [[8, 3, 1], [16, 3, 1]]}}\ntrain: {{epochs: 2, verbose: 0}}\noutput: {{dir: {tmp_path / 'runs'}, tensorboard: false}}\n"
     )
     assert main(["cv", "-c", str(config), "--folds", "2"]) == 0
