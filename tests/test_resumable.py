@@ -115,13 +115,14 @@ RACER = """
 import sys, time
 from pathlib import Path
 from app.resumable import ResumableDir
-start = float(sys.argv[2])
-while time.time() < start:
-    pass
+base, start = Path(sys.argv[1]), float(sys.argv[2])
+time.sleep(max(0.0, start - time.time()))
 try:
-    with ResumableDir(Path(sys.argv[1]), "run", "a: 1\\n", finished_file="done.json", name="shared") as job:
+    with ResumableDir(base, "run", "a: 1\\n", finished_file="done.json", name="shared") as job:
         print("took", flush=True)
-        time.sleep(2)
+        deadline = time.time() + 120
+        while not (base / "release").exists() and time.time() < deadline:  # held until every other racer has tried
+            time.sleep(0.05)
 except Exception as exc:
     print(type(exc).__name__, flush=True)
 """
@@ -131,9 +132,13 @@ def test_processes_racing_for_one_directory_never_both_take_it(tmp_path: Path) -
     """Eight processes released at the same instant on an interrupted directory: exactly one continues it."""
     with job(tmp_path, name="shared"):
         pass
-    start = str(time.time() + 3)
+    start = str(time.time() + 5)
     env = {**os.environ, "PYTHONPATH": str(REPO)}
     racers = [subprocess.Popen([sys.executable, "-c", RACER, str(tmp_path), start], stdout=subprocess.PIPE, text=True, env=env) for _ in range(8)]
+    deadline = time.time() + 120
+    while sum(p.poll() is not None for p in racers) < 7 and time.time() < deadline:
+        time.sleep(0.1)
+    (tmp_path / "release").touch()
     outcomes = sorted(p.communicate(timeout=60)[0].strip() for p in racers)
     assert outcomes == ["DirectoryTakenError"] * 7 + ["took"]
 
