@@ -2,18 +2,20 @@
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import math
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from types import TracebackType
 
 import albumentations as A
 import numpy as np
 import tensorflow as tf
+from sklearn.utils.class_weight import compute_class_weight
 
 from app.config import Config, ConfigError, DataConfig
-from app.training.optimization import class_weights
 from pipelines.augment import build_transform
 from pipelines.batches import decode_hint, keep_rows
 from pipelines.errors import DataError
@@ -21,7 +23,7 @@ from pipelines.images import check_images
 from pipelines.memory import check_room, shared_array
 from pipelines.sources import ImageSet, from_csv, from_folder, from_sample_submission, unlabeled_folder
 from pipelines.split import kfold_splits, train_val_split
-from pipelines.tfdata import abandon_dataset, decode_all, make_dataset
+from pipelines.tfdata import Pipeline, decode_all, make_dataset
 from pipelines.workers import auto_workers
 
 log = logging.getLogger(__name__)
@@ -149,11 +151,11 @@ def make_tf_dataset(
     cache: np.ndarray | None = None,
     drop_remainder: bool = False,
     workers: int = 0,
-) -> tf.data.Dataset:
-    """Batches for `model.fit` / `predict`: augmented and shuffled when `training`, else in order. `augment` is a
-    preset or file name (pipelines.augment.build_transform) or an Albumentations pipeline.
-
-    With `workers` > 0 the batches come from worker processes (same batches): close `dataset.worker_pool` when done."""
+) -> Pipeline:
+    """Batches for `model.fit` / `predict` (the pipeline's `dataset`): augmented and shuffled when `training`, else in
+    order. `augment` is a preset or file name (pipelines.augment.build_transform) or an Albumentations pipeline.
+    Use it in a `with` block: worker processes (`workers` > 0) stop there, and an image that fails mid-way is one
+    DataError."""
     size = (cfg.image_size, cfg.image_size)
     transform = build_transform(augment, size) if isinstance(augment, str) else augment
     return make_dataset(
@@ -161,11 +163,27 @@ def make_tf_dataset(
     )
 
 
-def close_workers(dataset: tf.data.Dataset) -> None:
-    """Stop the worker processes of a dataset made with workers > 0 (no-op otherwise)."""
-    pool = getattr(dataset, "worker_pool", None)
-    if pool is not None:
-        pool.close()
+def class_weights(labels: np.ndarray, class_names: Sequence[str], spec: str | Mapping[str, float] | None, multilabel: bool = False) -> dict[int, float] | None:
+    """`model.fit(class_weight=...)` from the config: None, "balanced" (n / (k * count), scikit-learn's formula)
+    or a {class name: weight} mapping (unlisted classes weigh 1). A statistic of the training labels, computed (and
+    its class names checked) with them, before any image is decoded."""
+    if spec is None:
+        return None
+    if multilabel:
+        raise ConfigError("train.class_weight works for single-label data only. Fix: set train.class_weight=null for multi-label sets.")
+    if isinstance(spec, str):
+        if spec != "balanced":
+            raise ConfigError(f"train.class_weight={spec!r}: expected balanced, a mapping {{class: weight}}, or null")
+        present = np.unique(labels)
+        weights = compute_class_weight("balanced", classes=present, y=labels)
+        return {int(c): float(w) for c, w in zip(present, weights)}
+    unknown = sorted(set(spec) - set(class_names))
+    if unknown:
+        raise ConfigError(f"train.class_weight names unknown class(es) {unknown}. Fix: use the class names {', '.join(class_names)}")
+    bad = {k: v for k, v in spec.items() if not v > 0}
+    if bad:
+        raise ConfigError(f"train.class_weight: weights must be > 0, got {bad}")
+    return {i: float(spec.get(name, 1.0)) for i, name in enumerate(class_names)}
 
 
 @dataclass
@@ -222,25 +240,21 @@ def prepare_data(config: Config, with_val: bool = True) -> PreparedData:
 
 @dataclass
 class Datasets:
-    """The `tf.data` inputs of one fit: `train` as fed to `fit`, `val`; `close()` stops worker processes, if any."""
+    """The `tf.data` inputs of one fit, `train` and `val` as fed to `fit`, and the pipelines that make them: used as
+    a `with` block, which stops worker processes and turns an image failing mid-fit into its DataError."""
 
     train: tf.data.Dataset
     val: tf.data.Dataset | None
-    made: tf.data.Dataset  # the training set as made (it owns the worker pool)
-    made_val: tf.data.Dataset | None = None
+    pipelines: contextlib.ExitStack  # each Pipeline entered: closed, or abandoned on an error, in reverse order
 
     def close(self) -> None:
-        close_workers(self.made)
+        self.pipelines.close()
 
     def __enter__(self) -> Datasets:
         return self
 
-    def __exit__(self, exc_type: type[BaseException] | None, *exc: object) -> None:
-        if exc_type is not None:  # a fit stopped mid-epoch: let the batches in flight end before the iterators go
-            for dataset in (self.made, self.made_val):
-                if dataset is not None:
-                    abandon_dataset(dataset)
-        self.close()
+    def __exit__(self, kind: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None) -> bool | None:
+        return self.pipelines.__exit__(kind, exc, tb)
 
 
 def make_datasets(config: Config, data: PreparedData, strategy: tf.distribute.Strategy | None = None) -> Datasets:
@@ -259,20 +273,22 @@ def make_datasets(config: Config, data: PreparedData, strategy: tf.distribute.St
     if whole and val_set is not None and len(val_set) % config.data.batch_size:
         left_out = len(val_set) % config.data.batch_size
         log.info("%d validation images are left out of the per-epoch scores (whole batches on %d replicas)", left_out, replicas)
-    val_ds = made_val = None
+    pipelines = contextlib.ExitStack()
+    val_ds = None
     if val_set is not None:
-        val_ds = made_val = make_tf_dataset(
-            val_set, config.data, config.augment.eval, training=False, seed=config.seed, cache=data.val_cache, drop_remainder=whole
-        )
+        val_ds = pipelines.enter_context(
+            make_tf_dataset(val_set, config.data, config.augment.eval, training=False, seed=config.seed, cache=data.val_cache, drop_remainder=whole)
+        ).dataset
     workers, why = training_workers(config.data, len(data.train))
     log.info("training batches from %s", why)
-    made = make_tf_dataset(
-        data.train, config.data, config.augment.train, training=True, seed=config.seed, cache=data.train_cache, drop_remainder=whole, workers=workers
-    )
-    fed = made
+    train_ds = pipelines.enter_context(
+        make_tf_dataset(
+            data.train, config.data, config.augment.train, training=True, seed=config.seed, cache=data.train_cache, drop_remainder=whole, workers=workers
+        )
+    ).dataset
     if isinstance(strategy, tf.distribute.MultiWorkerMirroredStrategy):
         options = tf.data.Options()
         options.experimental_distribute.auto_shard_policy = tf.data.experimental.AutoShardPolicy.DATA
-        fed = made.with_options(options)
+        train_ds = train_ds.with_options(options)
         val_ds = val_ds.with_options(options) if val_ds is not None else None
-    return Datasets(fed, val_ds, made, made_val)
+    return Datasets(train_ds, val_ds, pipelines)

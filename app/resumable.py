@@ -92,9 +92,8 @@ def lock_owner(path: Path) -> dict[str, Any] | None:
         return None
     try:
         owner = json.loads(text)
-    except json.JSONDecodeError:
-        owner = {"pid": int(text)} if text.strip().isdigit() else {}  # older lock files held the pid alone
-        owner.setdefault("host", socket.gethostname())
+    except json.JSONDecodeError:  # cut short (a full disk): its writer never held the directory
+        return None
     return owner if isinstance(owner, dict) and _owner_alive(owner) else None
 
 

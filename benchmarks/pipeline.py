@@ -264,7 +264,7 @@ def measure_modes(size: int, paths: list[str], batch: int, repeats: int, workers
             num_parallel_calls=max(CORES, 2 * n_workers),
             batches_per_call=per_call,
         )
-        ds = no_autotune(base)
+        ds = no_autotune(base.dataset)
         return (lambda: count_batches(ds)), base
 
     for mode in ("files", "cached"):
@@ -278,7 +278,7 @@ def measure_modes(size: int, paths: list[str], batch: int, repeats: int, workers
             passes |= {"threads": (threads, False), "workers": (with_process_cpu(fast, parent_cores), False)}
             measured = rounds(passes, repeats)
         finally:
-            fast_dataset.worker_pool.close()
+            fast_dataset.close()
         row = {name: statistics.median(values) for name, values in measured.items()}
         row = {"A_single_core": row["A_single_core"], "limit": CORES * row["A_single_core"], **{k: v for k, v in row.items() if k != "A_single_core"}}
         row["P1_workers_over_limit"] = median_ratio(measured["workers"], [CORES * a for a in measured["A_single_core"]])
@@ -326,11 +326,11 @@ def scaling_rate(spec: dict) -> float:
         num_parallel_calls=2 * n_workers,
         batches_per_call=spec["per_call"],
     )
-    ds = no_autotune(base)
+    ds = no_autotune(base.dataset)
     try:
         return rate(lambda: count_batches(ds), spec["repeats"])
     finally:
-        base.worker_pool.close()
+        base.close()
 
 
 def measure_scaling(size: int, paths: list[str], batch: int, repeats: int, per_call: int | None) -> dict:
@@ -393,7 +393,7 @@ def measure_fit(paths: list[str], batch: int, repeats: int, workers: int, per_ca
     base = make_dataset(
         images, shape, batch, transform=transform, shuffle=True, seed=0, cache=cache, workers=workers, num_parallel_calls=2 * workers, batches_per_call=per_call
     )
-    ds = no_autotune(base)
+    ds = no_autotune(base.dataset)
 
     def fit_pipeline() -> int:
         model.fit(ds, epochs=1, verbose=0, shuffle=False)  # the dataset shuffles itself
@@ -405,7 +405,7 @@ def measure_fit(paths: list[str], batch: int, repeats: int, workers: int, per_ca
             repeats,
         )
     finally:
-        base.worker_pool.close()
+        base.close()
     limits = [1 / (1 / f + 1 / (CORES * a)) for f, a in zip(measured["F_arrays"], measured["A_cached"], strict=True)]
     out = {name: statistics.median(values) for name, values in measured.items()}
     out["cpu_limit"] = statistics.median(limits)
@@ -452,13 +452,13 @@ cache = None
 if mode != "files":  # the application's own path: checked, decoded once, into shared memory when workers will read it
     # ("cached_copy": a private array, which the pool copies into shared memory: how every cache was held before)
     images, cache = prepare(images, DataConfig(cache=True, image_size=224), shared=workers > 0 and mode == "cached")
-ds = make_dataset(images, (224, 224), 64, transform=build_transform("medium", (224, 224)), shuffle=True, seed=0, cache=cache, workers=workers)
+pipeline = make_dataset(images, (224, 224), 64, transform=build_transform("medium", (224, 224)), shuffle=True, seed=0, cache=cache, workers=workers)
 if workers:
-    pids += [p.pid for p in ds.worker_pool.processes]
-n = sum(int(x.shape[0]) for x, _ in ds)
+    pids += [p.pid for p in pipeline.worker_pool.processes]
+n = sum(int(x.shape[0]) for x, _ in pipeline.dataset)
 stop.set()
 sampler.join()
-worker_peaks = [peak_kib(p.pid) for p in ds.worker_pool.processes] if workers else []
+worker_peaks = [peak_kib(p.pid) for p in pipeline.worker_pool.processes] if workers else []
 print(n, peak_kib(), sum(worker_peaks), peak[0], 0 if cache is None else cache.nbytes // 1024)
 """
 
@@ -521,12 +521,12 @@ if __name__ == "__main__":
     for _ in range(int(sys.argv[4])):
         for name, first in zip(seconds, (A.HorizontalFlip(), Identity(p=1.0))):
             start = time.perf_counter()
-            ds = make_dataset(images, (32, 32), 16, transform=A.Compose([first, A.Resize(32, 32)]), workers=int(sys.argv[3]))
-            next(iter(ds))
+            pipeline = make_dataset(images, (32, 32), 16, transform=A.Compose([first, A.Resize(32, 32)]), workers=int(sys.argv[3]))
+            next(iter(pipeline.dataset))
             seconds[name].append(time.perf_counter() - start)
-            with open(f"/proc/{ds.worker_pool.processes[0].pid}/status") as status:  # one worker's resident memory
+            with open(f"/proc/{pipeline.worker_pool.processes[0].pid}/status") as status:  # one worker's resident memory
                 rss_kib[name].append(next(int(line.split()[1]) for line in status if line.startswith("VmRSS:")))
-            ds.worker_pool.close()
+            pipeline.close()
     print(" ".join(f"{statistics.median(v):.3f}" for v in seconds.values()), " ".join(str(int(statistics.median(v))) for v in rss_kib.values()))
 """
 

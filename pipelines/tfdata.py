@@ -23,10 +23,11 @@ import numpy as np
 import tensorflow as tf
 
 from pipelines.batches import BatchLoader, Size, decode_all, resize
+from pipelines.errors import UserError
 from pipelines.sources import ImageSet
 from pipelines.workers import WorkerPool, usable_cores
 
-__all__ = ["BatchLoader", "Size", "abandon_dataset", "decode_all", "default_batches_per_call", "make_dataset", "resize"]
+__all__ = ["BatchLoader", "Pipeline", "Size", "decode_all", "default_batches_per_call", "make_dataset", "resize"]
 
 CALL_BYTES = 1 << 21  # about the images one call returns: 2 MiB is ~10 batches of 64 at 32 px, one at 128 px and up
 MAX_BATCHES_PER_CALL = 16
@@ -54,14 +55,15 @@ def make_dataset(
     num_parallel_calls: int | None = None,
     workers: int = 0,
     batches_per_call: int | None = None,
-) -> tf.data.Dataset:
-    """Batches of (uint8 images [B, H, W, 3], labels), or images alone for an unlabeled set.
+) -> Pipeline:
+    """A `Pipeline` whose `dataset` gives batches of (uint8 images [B, H, W, 3], labels), or images alone for an
+    unlabeled set.
 
     `cache` is an (N, H, W, 3) array from `decode_all` (decoding then happens once). Element order and
     augmentation are a function of `seed` and the epoch alone, whatever the thread or process scheduling.
     `workers` > 0 decodes and augments in that many processes (pipelines.workers), writing into shared memory:
-    the same batches, on every core. The processes live as long as the returned dataset (and any dataset
-    derived from it) and stop when it is garbage-collected; `dataset.worker_pool.close()` stops them at once.
+    the same batches, on every core. The processes live as long as the returned Pipeline, which must be kept while
+    its dataset is read, and stop when it is closed (`with`, or `close()`) or garbage-collected.
     `batches_per_call` (default: `default_batches_per_call`) changes the speed only, never the batches.
     """
     if batch_size < 1:
@@ -116,11 +118,48 @@ def make_dataset(
         # "Your input ran out of data" at the end of every fit. The number of batches is known: say it.
         batches = len(images) // batch_size if drop_remainder else -(-len(images) // batch_size)
         dataset = dataset.apply(tf.data.experimental.assert_cardinality(batches))
-    dataset = dataset.prefetch(tf.data.AUTOTUNE)
-    if pool is not None:
-        dataset.worker_pool = pool
-    dataset.batch_calls = calls
-    return dataset
+    return Pipeline(dataset.prefetch(tf.data.AUTOTUNE), calls, pool)
+
+
+class Pipeline:
+    """A dataset made by `make_dataset` with what it owns: the batch calls behind its `tf.numpy_function` and the
+    worker pool (if any). Keep it while `dataset` is read; `with pipeline:` closes it on the way out, and on an error
+    first abandons it (`abandon`) and raises the UserError a batch call raised (an image deleted or damaged mid-way)
+    instead of TensorFlow's error that wraps it."""
+
+    def __init__(self, dataset: tf.data.Dataset, batch_calls: _BatchCalls, worker_pool: WorkerPool | None = None):
+        self.dataset = dataset
+        self.batch_calls = batch_calls
+        self.worker_pool = worker_pool
+
+    @property
+    def user_error(self) -> UserError | None:
+        """The first UserError a batch call raised, if any."""
+        return self.batch_calls.user_error
+
+    def abandon(self) -> None:
+        """Stop a pipeline that will not be read again, typically after an error in one batch.
+
+        tf.data reads ahead: when the error surfaces, other batch calls are in flight or queued, and each needs the
+        GIL to run Python. Deleting the iterator waits for them while holding the GIL; at interpreter exit they can
+        never take it, so the process hung after printing its error (measured: a truncated JPEG, `check_images:
+        false`). Here they finish at once (no decoding) while we wait without the GIL, so the iterator goes cleanly."""
+        self.batch_calls.settle()
+
+    def close(self) -> None:
+        """Stop the worker processes, if any (a no-op for threads)."""
+        if self.worker_pool is not None:
+            self.worker_pool.close()
+
+    def __enter__(self) -> Pipeline:
+        return self
+
+    def __exit__(self, kind: type[BaseException] | None, exc: BaseException | None, tb: object) -> None:
+        if exc is not None:
+            self.abandon()
+        self.close()
+        if exc is not None and not isinstance(exc, UserError) and self.user_error is not None:
+            raise self.user_error from exc
 
 
 class _BatchCalls:
@@ -131,6 +170,7 @@ class _BatchCalls:
         self.produce = produce
         self.image_size = image_size
         self.stopped = False
+        self.user_error: UserError | None = None  # the first one a call raised: what the user is told
         self.started = 0
         self.running = 0
         self._lock = threading.Lock()
@@ -144,6 +184,9 @@ class _BatchCalls:
             if self.stopped:  # only once abandoned: a batch a consumer will read is never blank
                 return np.zeros((len(call_indices), *self.image_size, 3), dtype=np.uint8)
             return self.produce(call_indices, call_seeds)
+        except UserError as error:
+            self.user_error = self.user_error or error
+            raise
         finally:
             with self._lock:
                 self.running -= 1
@@ -165,22 +208,10 @@ _LIVE_CALLS: weakref.WeakSet[_BatchCalls] = weakref.WeakSet()  # the batch calls
 
 @atexit.register
 def _settle_at_exit() -> None:
-    """At interpreter exit, `abandon_dataset` every dataset still alive. A script that ends with an error raised
+    """At interpreter exit, abandon every pipeline still alive (`Pipeline.abandon`). A script that ends with an error raised
     by one batch (say, its worker process died) keeps the dataset's iterator alive in the traceback until Python
     tears its modules down, after atexit; the iterator's deletion then waits, holding the GIL, for the calls still
     in flight, which need the GIL: the process hung after printing its error (measured: 4 of 12 runs of
     test_workers' unguarded script, 4 at a time). atexit runs first, with the calls free to finish."""
     for calls in list(_LIVE_CALLS):
         calls.settle(timeout=5.0)
-
-
-def abandon_dataset(dataset: tf.data.Dataset) -> None:
-    """Stop a dataset made by `make_dataset` that will not be read again, typically after an error in one batch.
-
-    tf.data reads ahead: when the error surfaces, other batch calls are in flight or queued, and each needs the GIL
-    to run Python. Deleting the iterator waits for them while holding the GIL; at interpreter exit they can never
-    take it, so the process hung after printing its error (measured: a truncated JPEG, `check_images: false`).
-    Here they finish at once (no decoding) while we wait without the GIL, so the iterator is deleted cleanly."""
-    calls = getattr(dataset, "batch_calls", None)
-    if calls is not None:
-        calls.settle()

@@ -102,6 +102,20 @@ def test_local_workers_get_equal_shares_of_the_cores(workers: int, cores: list[i
     assert distributed.split_cores(workers, cores) == expected
 
 
+@pytest.mark.skipif(not hasattr(os, "sched_getaffinity"), reason="CPU affinity is a Linux feature; elsewhere workers share the cores")
+def test_local_workers_start_pinned_to_their_share(tmp_path: Path) -> None:
+    """Each worker is pinned by the chief as it starts, before its interpreter reaches TensorFlow: every thread
+    TensorFlow makes later inherits the share (the workers here find no chief and end)."""
+    from tuning.distributed.chief import start_local_workers, stop_local_workers
+
+    local = start_local_workers(2, "127.0.0.1:9", tmp_path / "config.yaml", tmp_path, tmp_path / "logs")
+    try:
+        shares = [sorted(os.sched_getaffinity(worker.process.pid)) for worker in local]
+    finally:
+        stop_local_workers(local, grace=5.0)
+    assert shares == [worker.cores for worker in local] == distributed.split_cores(2)
+
+
 def test_a_busy_port_is_one_line_before_anything_is_written(tiny_config: Config, tmp_path: Path) -> None:
     with socket.create_server(("127.0.0.1", 0)) as holder:
         port = holder.getsockname()[1]

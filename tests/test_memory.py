@@ -46,7 +46,7 @@ def test_a_shared_cache_is_read_by_the_workers_without_a_copy(folder_dataset: Pa
     fast = make_dataset(kept, (32, 32), 5, transform=transform, shuffle=True, seed=4, cache=shared, workers=2)
     try:
         assert fast.worker_pool._cache_shm is None  # attached by name: no second copy
-        for (ex, ey), (gx, gy) in zip(reference, fast, strict=True):
+        for (ex, ey), (gx, gy) in zip(reference.dataset, fast.dataset, strict=True):
             np.testing.assert_array_equal(gx.numpy(), ex.numpy())
             np.testing.assert_array_equal(gy.numpy(), ey.numpy())
     finally:

@@ -135,8 +135,8 @@ def test_cache_and_files_give_the_same_pixels(tmp_path: Path) -> None:
     images = unlabeled_folder(tmp_path)
     config = load_config(overrides=["data.image_size=48"])
     cache, _ = decode_all(images.paths, (48, 48))
-    from_files = np.concatenate([b.numpy() for b in make_tf_dataset(images, config.data, "none", training=False, seed=0)])
-    from_cache = np.concatenate([b.numpy() for b in make_tf_dataset(images, config.data, "none", training=False, seed=0, cache=cache)])
+    from_files = np.concatenate([b.numpy() for b in make_tf_dataset(images, config.data, "none", training=False, seed=0).dataset])
+    from_cache = np.concatenate([b.numpy() for b in make_tf_dataset(images, config.data, "none", training=False, seed=0, cache=cache).dataset])
     np.testing.assert_array_equal(from_cache, from_files)
 
 

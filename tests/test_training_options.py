@@ -17,10 +17,11 @@ import pytest
 
 from app.cli import main
 from app.config import Config, ScheduleConfig, load_config
+from app.data import class_weights
 from app.models import create_model
 from app.training.fitting import compile_model
 from app.training.lr_finder import find_lr, suggest_lr
-from app.training.optimization import SparseCategoricalCrossentropySmoothed, class_weights, make_optimizer
+from app.training.optimization import SparseCategoricalCrossentropySmoothed, make_optimizer
 from app.training.run import train
 
 REPO = Path(__file__).resolve().parents[1]

@@ -37,13 +37,13 @@ def test_workers_yield_exactly_the_in_process_batches(folder_dataset: Path, cach
     fast = make_dataset(images, (32, 32), 5, transform=transform, shuffle=True, seed=11, cache=cache, workers=workers, batches_per_call=per_call)
     try:
         for _ in range(2):  # the second epoch has other seeds and order: still equal
-            expected, got = _batches(reference), _batches(fast)
+            expected, got = _batches(reference.dataset), _batches(fast.dataset)
             assert len(expected) == len(got) == 5
             for (ex, ey), (gx, gy) in zip(expected, got, strict=True):
                 assert gx.dtype == np.uint8 and gx.shape[1:] == (32, 32, 3)
                 np.testing.assert_array_equal(gx, ex)
                 np.testing.assert_array_equal(gy, ey)
-        assert any(not np.array_equal(a[0], b[0]) for a, b in zip(_batches(reference), expected, strict=True))  # augmentation is live
+        assert any(not np.array_equal(a[0], b[0]) for a, b in zip(_batches(reference.dataset), expected, strict=True))  # augmentation is live
     finally:
         fast.worker_pool.close()
 
@@ -92,13 +92,13 @@ def test_close_stops_workers_and_frees_shared_memory(folder_dataset: Path):
         pool(np.arange(4), 0)
 
 
-def test_dropping_the_dataset_stops_its_workers(folder_dataset: Path):
+def test_dropping_the_pipeline_stops_its_workers(folder_dataset: Path):
     import gc
 
-    dataset = make_dataset(from_folder(folder_dataset), (32, 32), 8, workers=2)
-    _batches(dataset)
-    pids = [p.pid for p in dataset.worker_pool.processes]
-    del dataset
+    pipeline = make_dataset(from_folder(folder_dataset), (32, 32), 8, workers=2)
+    _batches(pipeline.dataset)
+    pids = [p.pid for p in pipeline.worker_pool.processes]
+    del pipeline
     gc.collect()
     assert _wait_gone(pids) == []
 
@@ -112,9 +112,9 @@ signal.signal(signal.SIGINT, signal.default_int_handler)
 import numpy as np
 from pipelines.sources import from_folder
 from pipelines.tfdata import make_dataset
-dataset = make_dataset(from_folder(sys.argv[1]), (32, 32), 4, workers=2)
-next(iter(dataset))
-print(" ".join(str(p.pid) for p in dataset.worker_pool.processes), flush=True)
+pipeline = make_dataset(from_folder(sys.argv[1]), (32, 32), 4, workers=2)
+next(iter(pipeline.dataset))
+print(" ".join(str(p.pid) for p in pipeline.worker_pool.processes), flush=True)
 if sys.argv[2] == "raise":
     raise RuntimeError("boom")
 time.sleep(60)
@@ -242,9 +242,9 @@ class Identity(A.ImageOnlyTransform):  # a transform defined in the script: work
 
 own = sys.argv[2] == "own-transform"
 transform = A.Compose([Identity(p=1.0), A.Resize(32, 32)]) if own else A.Compose([A.HorizontalFlip(), A.Resize(32, 32)])
-dataset = make_dataset(from_folder(sys.argv[1]), (32, 32), 4, transform=transform, workers=1)
-next(iter(dataset))
-maps = open(f"/proc/{dataset.worker_pool.processes[0].pid}/maps").read()
+pipeline = make_dataset(from_folder(sys.argv[1]), (32, 32), 4, transform=transform, workers=1)
+next(iter(pipeline.dataset))
+maps = open(f"/proc/{pipeline.worker_pool.processes[0].pid}/maps").read()
 print("worker imported tensorflow:", "libtensorflow" in maps)
 """
 

@@ -22,7 +22,6 @@ import argparse
 import importlib.util
 import logging
 import os
-import re
 import sys
 from types import ModuleType
 
@@ -82,15 +81,10 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
-def _pipeline_error(exc: BaseException) -> str | None:
-    """The user-facing message of a DataError wrapped in a TensorFlow op error, if that is what `exc` is."""
-    match = re.search(r"(?:DataError|ImageReadError): (.+)", str(exc))
-    return match.group(1).strip() if match and type(exc).__module__.startswith("tensorflow") else None
-
-
 def main(argv: list[str] | None = None) -> int:
     """Run one command. What the user can fix (a UserError) prints one line, `error: ...`, and returns 2; anything
-    else is a programming error and keeps its traceback (IMGCLF_DEBUG=1 shows the traceback of user errors too)."""
+    else is a programming error and keeps its traceback (IMGCLF_DEBUG=1 shows the traceback of user errors too).
+    A DataError raised inside tf.data (an image damaged mid-training) arrives as itself: the pipeline re-raises it."""
     args = build_parser().parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(message)s")
     if importlib.util.find_spec("tensorflow") is None:
@@ -105,14 +99,6 @@ def main(argv: list[str] | None = None) -> int:
         if os.environ.get("IMGCLF_DEBUG"):
             raise
         print(f"error: {exc}", file=sys.stderr)
-        return 2
-    except Exception as exc:
-        # A DataError raised inside the tf.data pipeline (say, an image deleted mid-training) reaches us wrapped
-        # in a TensorFlow error: show its own message, not TensorFlow's stack.
-        message = _pipeline_error(exc)
-        if message is None or os.environ.get("IMGCLF_DEBUG"):
-            raise
-        print(f"error: {message}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
         print("interrupted (a train run or a search continues where it stopped when the same command is started again)", file=sys.stderr)

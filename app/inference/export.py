@@ -243,10 +243,9 @@ def check_export(exported: Exported, run: Run, images: ImageSet, tolerance: floa
     if len(images) == 0:
         raise DataError("no images to check the export on. Fix: pass --data with a folder or CSV of images.")
     expected = predict_probs(run.model, images, run.config, verbose=0)
-    batches = make_tf_dataset(images, run.config.data, run.config.augment.eval, training=False, seed=run.config.seed)
     predict = load_exported(exported)
-    with _quiet_export():
-        got = np.concatenate([predict(np.asarray(batch[0] if isinstance(batch, tuple) else batch)) for batch in batches.as_numpy_iterator()])
+    with make_tf_dataset(images, run.config.data, run.config.augment.eval, training=False, seed=run.config.seed) as batches, _quiet_export():
+        got = np.concatenate([predict(np.asarray(batch[0] if isinstance(batch, tuple) else batch)) for batch in batches.dataset.as_numpy_iterator()])
     if got.shape != expected.shape:
         raise RuntimeError(f"{exported.path}: the export gave probabilities of shape {got.shape}, the run {expected.shape}")
     same_top = float(np.mean(got.argmax(1) == expected.argmax(1)))

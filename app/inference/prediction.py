@@ -22,7 +22,6 @@ from app.runs import Run, load_runs
 from pipelines.augment import build_transform, build_tta
 from pipelines.errors import DataError
 from pipelines.sources import ImageSet
-from pipelines.tfdata import abandon_dataset
 
 TTASpec = str | A.BaseCompose | None
 
@@ -53,12 +52,8 @@ def predict_probs(
     total: np.ndarray | None = None
     transforms = tta_transforms(config, tta, passes)
     for k, transform in enumerate(transforms):
-        dataset = make_tf_dataset(images, config.data, transform, training=False, seed=config.seed + k, cache=cache)
-        try:
-            probs = model.predict(dataset, verbose=verbose)
-        except BaseException:
-            abandon_dataset(dataset)  # an unreadable image mid-way: no batch left in flight (see abandon_dataset)
-            raise
+        with make_tf_dataset(images, config.data, transform, training=False, seed=config.seed + k, cache=cache) as pipeline:
+            probs = model.predict(pipeline.dataset, verbose=verbose)  # an unreadable image mid-way: its DataError
         if len(probs) != len(images):
             raise RuntimeError(f"predicted {len(probs)} rows for {len(images)} images")
         probs = np.asarray(probs, dtype=np.float64)

@@ -6,7 +6,7 @@
     crossval.py      k-fold cross-validation: a run per fold, out-of-fold predictions (`imgclf cv`)
     callbacks.py     the Keras callbacks runs add (atomic best-model checkpoint, history CSV, best weights)
     schedules.py     the learning-rate schedules, registered for `.keras` loading
-    optimization.py  optimizers, losses and class weights from the config
+    optimization.py  optimizers and losses from the config
 
 Nothing here knows the CLI (app/cli/ parses and prints) or the search (tuning/ builds on this package).
 """

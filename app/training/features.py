@@ -88,8 +88,8 @@ def compute_features(extractor: keras.Model, config: Config, data: PreparedData,
     train = np.empty((len(data.train), views, channels), dtype=np.float32)
     for view in range(views):
         augment = config.augment.eval if view == 0 else config.augment.train
-        images = make_tf_dataset(data.train, config.data, augment, training=False, seed=config.seed + view, cache=data.train_cache)
-        train[:, view] = extractor.predict(images, verbose=0)
+        with make_tf_dataset(data.train, config.data, augment, training=False, seed=config.seed + view, cache=data.train_cache) as images:
+            train[:, view] = extractor.predict(images.dataset, verbose=0)
         log.info("backbone features: view %d of %d of %d training images", view + 1, views, len(data.train))
     val = None if val_dataset is None else np.asarray(extractor.predict(val_dataset, verbose=0), dtype=np.float32)
     features = Features(train, data.train.labels, val, None if data.val is None else data.val.labels, time.perf_counter() - started)

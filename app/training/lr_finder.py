@@ -19,7 +19,7 @@ from app.config import Config, dump_config
 from app.data import make_datasets, prepare_data
 from app.plots import subplots
 from app.resumable import CONFIG_FILE, fresh_dir
-from app.training.fitting import build_model, compile_model, plan_stages, seed_everything, set_trainable
+from app.training.fitting import Stage, build_model, compile_model, plan_stages, seed_everything, set_trainable
 from pipelines.errors import OptionError
 
 
@@ -135,7 +135,7 @@ def write_lr_finder(config: Config, result: LRFinderResult, **settings: Any) -> 
     return run_dir
 
 
-def plot_planned_lr(config: Config, output: str | Path, steps_per_epoch: int | None = None, force: bool = False) -> tuple[list, int]:
+def plot_planned_lr(config: Config, output: str | Path, steps_per_epoch: int | None = None, force: bool = False) -> tuple[list[Stage], int]:
     """Draw the learning rate per step of every stage the config plans, before any training: (the stages, the steps
     per epoch, by default from the size of the configured training set, whose files are listed, not decoded)."""
     from app.atomic import check_output

@@ -2,12 +2,8 @@
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
-
 import keras
-import numpy as np
 from keras import ops
-from sklearn.utils.class_weight import compute_class_weight
 
 from app.config import ConfigError
 from app.training.schedules import Schedule
@@ -58,25 +54,3 @@ def make_loss_and_metrics(multilabel: bool, label_smoothing: float = 0.0) -> tup
         ]
     loss = SparseCategoricalCrossentropySmoothed(label_smoothing) if label_smoothing else keras.losses.SparseCategoricalCrossentropy()
     return loss, [keras.metrics.SparseCategoricalAccuracy(name="accuracy")]
-
-
-def class_weights(labels: np.ndarray, class_names: Sequence[str], spec: str | Mapping[str, float] | None, multilabel: bool = False) -> dict[int, float] | None:
-    """`model.fit(class_weight=...)` from the config: None, "balanced" (n / (k * count), scikit-learn's formula)
-    or a {class name: weight} mapping (unlisted classes weigh 1)."""
-    if spec is None:
-        return None
-    if multilabel:
-        raise ConfigError("train.class_weight works for single-label data only. Fix: set train.class_weight=null for multi-label sets.")
-    if isinstance(spec, str):
-        if spec != "balanced":
-            raise ConfigError(f"train.class_weight={spec!r}: expected balanced, a mapping {{class: weight}}, or null")
-        present = np.unique(labels)
-        weights = compute_class_weight("balanced", classes=present, y=labels)
-        return {int(c): float(w) for c, w in zip(present, weights)}
-    unknown = sorted(set(spec) - set(class_names))
-    if unknown:
-        raise ConfigError(f"train.class_weight names unknown class(es) {unknown}. Fix: use the class names {', '.join(class_names)}")
-    bad = {k: v for k, v in spec.items() if not v > 0}
-    if bad:
-        raise ConfigError(f"train.class_weight: weights must be > 0, got {bad}")
-    return {i: float(spec.get(name, 1.0)) for i, name in enumerate(class_names)}

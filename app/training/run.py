@@ -175,8 +175,8 @@ def _write_batch_grid(run_dir: Path, config: Config, data: PreparedData) -> None
     count = min(16, len(data.train))
     cache = None if data.train_cache is None else data.train_cache[:count]
     cfg = dataclasses.replace(config.data, batch_size=count)
-    batch = make_tf_dataset(data.train.subset(range(count)), cfg, config.augment.train, training=True, seed=config.seed, cache=cache)
-    images = next(iter(batch))[0].numpy()
+    with make_tf_dataset(data.train.subset(range(count)), cfg, config.augment.train, training=True, seed=config.seed, cache=cache) as batch:
+        images = next(iter(batch.dataset))[0].numpy()
     side = math.ceil(math.sqrt(count))
     grid = np.zeros((side * side, *images.shape[1:]), dtype=np.uint8)
     grid[:count] = images

@@ -230,6 +230,13 @@ def split_cores(workers: int, cores: list[int] | None = None) -> list[list[int]]
     return [cores[i * share : (i + 1) * share] for i in range(workers)]
 
 
+def pin(pid: int, cores: list[int]) -> None:
+    """Pin a process just started to `cores`: its interpreter is still starting, so every thread TensorFlow creates
+    later inherits the affinity (a worker importing `tuning` starts TensorFlow before its own code could pin it)."""
+    if hasattr(os, "sched_setaffinity"):
+        os.sched_setaffinity(pid, cores)
+
+
 def start_local_workers(count: int, address: str, config_path: Path, search_dir: Path, log_dir: Path) -> list[LocalWorker]:
     """`count` worker processes (`imgclf tune --role worker`) on this machine, each pinned to its share of the cores
     with TensorFlow's thread pools sized to it, logging to `log_dir/<id>.log`; they exit if this process dies."""
@@ -250,12 +257,11 @@ def start_local_workers(count: int, address: str, config_path: Path, search_dir:
             tuner_id,
             "--search-dir",
             str(search_dir),
-            "--cores",
-            ",".join(map(str, cores)),
         ]
         log = log_dir / f"{tuner_id}.log"
         with open(log, "ab") as out:
             process = subprocess.Popen(command, stdout=out, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, env=env)
+        pin(process.pid, cores)
         started.append(LocalWorker(tuner_id, process, log, cores))
     return started
 

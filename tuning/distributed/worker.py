@@ -1,8 +1,8 @@
 """A worker of a distributed search: runs the trials the chief hands out until it says stop.
 
-Started by a local chief as `python -m tuning.distributed.worker CONFIG --oracle HOST:PORT --search-dir DIR --cores
-0,1` (pinned to its cores, ending with its parent), or by a user on another machine as `imgclf tune -c CONFIG
---role worker --oracle HOST:PORT`."""
+Started by a local chief as `python -m tuning.distributed.worker CONFIG --oracle HOST:PORT --worker-id ID
+--search-dir DIR` (pinned to its cores by the chief, ending with its parent), or by a user on another machine as
+`imgclf tune -c CONFIG --role worker --oracle HOST:PORT`."""
 
 from __future__ import annotations
 
@@ -156,18 +156,15 @@ def work(
 
 
 def main(argv: list[str] | None = None) -> int:
-    """`python -m tuning.distributed.worker CONFIG --oracle HOST:PORT --search-dir DIR --cores 0,1`: a worker that a
-    local chief starts (tuning.distributed.chief.start_local_workers), pinned to its cores before TensorFlow starts,
+    """`python -m tuning.distributed.worker CONFIG --oracle HOST:PORT --worker-id ID --search-dir DIR`: a worker
+    that a local chief starts (tuning.distributed.chief.start_local_workers, which pins it to its cores at start),
     ending when its parent does. Its errors are one line on its log, as `imgclf tune --role worker` prints them."""
     parser = argparse.ArgumentParser(prog="python -m tuning.distributed.worker", description=main.__doc__)
     parser.add_argument("config", help="the search directory's config.yaml")
     parser.add_argument("--oracle", required=True, metavar="HOST:PORT")
     parser.add_argument("--worker-id", required=True)
     parser.add_argument("--search-dir", required=True)
-    parser.add_argument("--cores", help="the cores this worker runs on, e.g. 0,1")
     args = parser.parse_args(argv)
-    if args.cores and hasattr(os, "sched_setaffinity"):
-        os.sched_setaffinity(0, [int(core) for core in args.cores.split(",")])
     from app.config import load_config
     from pipelines.errors import UserError
 
