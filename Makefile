@@ -10,7 +10,7 @@ demo: $(STAMP)
 	$(BIN)/imgclf demo
 
 test: $(STAMP)
-	$(BIN)/python -m pytest -m "not slow" --durations=15
+	$(BIN)/python -m pytest -m "not slow" -n auto --durations=15
 
 test-slow: $(STAMP)
 	$(BIN)/python -m pytest -m slow --durations=15

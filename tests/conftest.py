@@ -32,6 +32,12 @@ def make_image(path: Path, color: tuple[int, int, int], size: tuple[int, int] = 
     return path
 
 
+def pytest_xdist_auto_num_workers(config: pytest.Config) -> int:
+    """`-n auto` (make test): one test process per core this process may use, at most 4 (each holds TensorFlow and
+    its own worker processes); one on a machine with one usable core."""
+    return max(1, min(4, len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1))
+
+
 def make_folder_dataset(root: Path) -> Path:
     """root/<class>/<image>.png, 8 images per class, sizes varying between 24 and 40 pixels."""
     for c, name in enumerate(CLASSES):
@@ -112,6 +118,31 @@ def trained_run(trained_run_once: Path, tmp_path: Path) -> Path:
     import shutil
 
     return Path(shutil.copytree(trained_run_once, tmp_path / "trained" / trained_run_once.name))
+
+
+def multilabel_config(root: Path, count: int) -> Config:
+    """A multi-label CSV set (id + one 0/1 column per label: red, green; some images both) of `count` 16 px images
+    under `root`, and a config training a one-block CNN on it for one epoch."""
+    rows = []
+    for i in range(count):
+        flags = [int(i % 2 == 0), int(i % 3 == 0)]
+        make_image(root / "imgs" / f"{i}.png", (200 * flags[0], 200 * flags[1], 60), seed=i)
+        rows.append((str(i), *flags))
+    pd.DataFrame(rows, columns=["image_id", "red", "green"]).to_csv(root / "train.csv", index=False)
+    return load_config(
+        overrides=[
+            f"data.train={root / 'train.csv'}",
+            f"data.train_images={root / 'imgs'}",
+            "data.id_column=image_id",
+            "data.label_columns=[red, green]",
+            "data.image_size=16",
+            "data.batch_size=8",
+            "model.blocks=[[4]]",
+            "train.epochs=1",
+            "train.verbose=0",
+            f"output.dir={root / 'runs'}",
+        ]
+    )
 
 
 def require_shared(*parts: str) -> Path:

@@ -11,7 +11,6 @@ from pathlib import Path
 
 import keras
 import numpy as np
-import pandas as pd
 import pytest
 
 from app import cli
@@ -24,7 +23,7 @@ from app.models.backbones import BackbonePreprocess, find_backbone, get_spec
 from app.models.portable import portable_model
 from app.runs import Run, load_run
 from app.training.run import train
-from tests.conftest import make_image
+from tests.conftest import multilabel_config
 
 PLAIN_KERAS = textwrap.dedent(
     """
@@ -170,26 +169,7 @@ def test_a_check_fails_when_the_export_differs(trained_run: Path) -> None:
 
 
 def test_a_multilabel_run_exports_sigmoid_probabilities(tmp_path: Path) -> None:
-    rows = []
-    for i in range(16):
-        flags = [int(i % 2 == 0), int(i % 3 == 0)]
-        make_image(tmp_path / "imgs" / f"{i}.png", (200 * flags[0], 200 * flags[1], 60), seed=i)
-        rows.append((str(i), *flags))
-    pd.DataFrame(rows, columns=["image_id", "red", "green"]).to_csv(tmp_path / "train.csv", index=False)
-    config = load_config(
-        overrides=[
-            f"data.train={tmp_path / 'train.csv'}",
-            f"data.train_images={tmp_path / 'imgs'}",
-            "data.id_column=image_id",
-            "data.label_columns=[red, green]",
-            "data.image_size=16",
-            "data.batch_size=8",
-            "model.blocks=[[4]]",
-            "train.epochs=1",
-            "train.verbose=0",
-            f"output.dir={tmp_path / 'runs'}",
-        ]
-    )
+    config = multilabel_config(tmp_path, 16)
     run = load_run(train(config).run_dir)
     exported = export_run(run, "saved_model")
     assert read_metadata(exported.path)["label_mode"] == "multi_label"

@@ -14,7 +14,7 @@ import yaml
 from app.config import Config, load_config
 from app.training.run import train
 from pipelines.errors import DataError
-from tests.conftest import make_image
+from tests.conftest import multilabel_config
 
 RUN_FILES = {"config.yaml", "model.keras", "history.csv", "metrics.json", "class_names.json", "curves.png", "augment_train.yaml", "augment_eval.yaml"}
 
@@ -96,26 +96,7 @@ def test_run_name_is_never_reused(tiny_config: Config) -> None:
 
 
 def test_multilabel_csv(tmp_path: Path) -> None:
-    rows = []
-    for i in range(24):
-        flags = [int(i % 2 == 0), int(i % 3 == 0)]
-        make_image(tmp_path / "imgs" / f"{i}.png", (200 * flags[0], 200 * flags[1], 60), seed=i)
-        rows.append((str(i), *flags))
-    pd.DataFrame(rows, columns=["image_id", "red", "green"]).to_csv(tmp_path / "train.csv", index=False)
-    config = load_config(
-        overrides=[
-            f"data.train={tmp_path / 'train.csv'}",
-            f"data.train_images={tmp_path / 'imgs'}",
-            "data.id_column=image_id",
-            "data.label_columns=[red, green]",
-            "data.image_size=16",
-            "data.batch_size=8",
-            "model.blocks=[[4]]",
-            "train.epochs=1",
-            "train.verbose=0",
-            f"output.dir={tmp_path / 'runs'}",
-        ]
-    )
+    config = multilabel_config(tmp_path, 24)
     result = train(config)
     assert json.loads((result.run_dir / "class_names.json").read_text())["multilabel"] is True
     assert {"mean_column_auc", "micro_f1", "exact_match_accuracy"} <= set(result.metrics["val"])
