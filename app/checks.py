@@ -39,6 +39,20 @@ def check_values(config: Config, check_files: bool = True) -> None:
         _check_pipeline(key, value, tuple(PRESETS), check_files)
     if config.augment.tta is not None:
         _check_pipeline("augment.tta", config.augment.tta, tuple(TTA_PRESETS), check_files)
+    start = config.train.progressive_from
+    if start is not None and start >= config.data.image_size:
+        raise ConfigError(
+            f"config key train.progressive_from: {start} must be smaller than data.image_size ({config.data.image_size}), where it ends. "
+            "Fix: a smaller start size, or null for no progressive resizing"
+        )
+    if start is not None and is_backbone(config.model.name):
+        if config.train.freeze_backbone and config.train.cache_features:
+            raise ConfigError(
+                "config key train.progressive_from: stage 1 of a frozen backbone trains on features computed once, at data.image_size. "
+                "Fix: null, or train.cache_features=false to train stage 1 on images"
+            )
+        if problem := size_problem(config.model.name, start):
+            raise ConfigError(f"config key train.progressive_from: {problem}")
     if isinstance(config.train.class_weight, str):
         check_choice("train.class_weight", config.train.class_weight, ("balanced",), extra=", a mapping {class: weight}, or null")
 

@@ -204,6 +204,12 @@ class TrainConfig:
     momentum: float = 0.9  # sgd
     schedule: ScheduleConfig = field(default_factory=ScheduleConfig)
     label_smoothing: float = 0.0
+    mixup: float = 0.0  # MixUp's alpha (keras.layers.MixUp): pairs of training images blended, labels alike; 0: off (e.g. 0.2)
+    cutmix: float = 0.0  # CutMix's factor (keras.layers.CutMix): a box of another image pasted, labels by area; 0: off (e.g. 1.0)
+    ema: float | None = None  # weight EMA momentum per step (use_ema; validation and checkpoints use the average); null: off
+    progressive_from: int | None = None  # progressive resizing: stage 1 starts at this image size, ends at data.image_size
+    progressive_phases: int = 3  # ... in this many equal shares of its epochs, sizes evenly spaced
+    max_minutes: float | None = None  # the run's wall-clock limit: it stops at the end of the epoch that passes it
     class_weight: str | dict[str, float] | None = None  # null | balanced (from class frequencies) | {class: weight}
     freeze_backbone: bool = True  # pretrained backbones: stage 1 trains only the head
     cache_features: bool = True  # ... on the frozen backbone's features, computed once (app/training/features.py), not on images
@@ -227,6 +233,12 @@ class TrainConfig:
         _require(
             self, "train.early_stopping_start", self.early_stopping_start is None or self.early_stopping_start >= 0, "a whole number of epochs >= 0, or null"
         )
+        _require(self, "train.mixup", self.mixup >= 0, "MixUp's alpha, a number >= 0 (0: off; e.g. 0.2)")
+        _require(self, "train.cutmix", self.cutmix >= 0, "CutMix's factor, a number >= 0 (0: off; e.g. 1.0)")
+        _require(self, "train.ema", self.ema is None or 0 < self.ema < 1, "a momentum in (0, 1) (e.g. 0.99), or null for no EMA")
+        _require(self, "train.progressive_from", self.progressive_from is None or self.progressive_from >= 8, "an image size >= 8, or null")
+        _require(self, "train.progressive_phases", self.progressive_phases >= 2, "a whole number of phases >= 2")
+        _require(self, "train.max_minutes", self.max_minutes is None or self.max_minutes > 0, "a number of minutes > 0, or null")
         _require(self, "train.feature_views", self.feature_views >= 0, "a whole number >= 0 (0: the plain image only)")
         _require(self, "train.verbose", self.verbose in (0, 1, 2), "0, 1 or 2")
         check_choice("train.monitor", self.monitor, MONITORS)
@@ -281,22 +293,29 @@ class SpaceConfig:
     augment: Any = None  # e.g. [medium, heavy]
     label_smoothing: Any = None  # e.g. [0.0, 0.1]
     batch_size: Any = None
+    mixup: Any = None  # e.g. [0.0, 0.2]: train.mixup (0: off)
+    cutmix: Any = None  # e.g. [0.0, 1.0]: train.cutmix (0: off)
+    ema: Any = None  # e.g. [0.0, 0.99]: train.ema (0: off)
+    progressive_from: Any = None  # e.g. [0, 32]: train.progressive_from (0: off)
 
 
 @dataclass
 class TuneConfig:
     """`imgclf tune`: the tuner, what it optimises, its budget and the search space (docs/search.md)."""
 
-    tuner: str = "random"  # random | hyperband | bayesian | grid
+    tuner: str = "random"  # random | asha | hyperband | bayesian | grid
     objective: str = "val_accuracy"  # a Keras log (val_accuracy, val_loss) or a metrics.json field (macro_f1, log_loss, mean_column_auc)
-    max_trials: int = 10  # trained trials; shape-invalid proposals are skipped and do not count
-    max_minutes: float | None = None  # no new trial starts after this many minutes of search (over all resumes)
+    max_trials: int = 10  # trained networks (asha: networks started; their promotions do not count); invalid ones do not count
+    max_minutes: float | None = None  # the search's wall-clock limit over all resumes: a trial running then stops at its epoch's end
+    median_stop: bool = False  # random, bayesian, grid: stop a trial whose best score after an epoch is below the median of earlier trials
     seed: int | None = None  # proposals; null: the top-level seed
     min_feature_size: int = 2  # smallest feature map (pixels) allowed before global pooling
-    hyperband_factor: int = 3  # hyperband: keep 1/factor of the trials each round; train.epochs is its max_epochs
+    reduction_factor: int = 3  # asha, hyperband: 1/factor of the trials go on to each next rung; train.epochs is the most a trial gets
+    min_epochs: int = 1  # asha: epochs of the lowest rung (then min_epochs x factor, ... up to train.epochs)
+    rung_scales: list[float] = field(default_factory=list)  # asha: image size per rung, as shares of data.image_size, e.g. [0.5, 0.75, 1.0]
     trial_budget: str = "compute"  # compute: trials get train.epochs x (model.blocks' cost / theirs) epochs; epochs: train.epochs each
     final_epochs: int | None = None  # train.epochs of best.yaml (the final run, --then-train); null: train.epochs
-    final_minutes: float | None = None  # instead: as many epochs as fit in this many minutes at the best trial's pace
+    final_minutes: float | None = None  # instead: as many epochs as fit in this many minutes at the best trial's pace, and its time limit
     final: dict[str, Any] | None = field(default_factory=dict)  # the final run's own settings, a partial config: {augment: {train: heavy}}
     worker_timeout: float = 120.0  # distributed search: a worker silent this many seconds is gone, and its trial runs elsewhere
     connect_timeout: float = 60.0  # distributed search: how long a worker waits for the chief to answer at start

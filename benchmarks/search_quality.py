@@ -1,20 +1,22 @@
-"""Does the search pay? `imgclf tune --then-train` against `configs/example.yaml` trained for the same wall time.
+"""Does the search pay? At equal total wall time (search + final run), on the same hold-out images: the shipped
+search (configs/search.yaml), the search it replaced (benchmarks/configs/search_random.yaml) and configs/example.yaml.
 
-    .venv/bin/python benchmarks/search_quality.py                         # flowers, 64 px: about 80 minutes on 2 cores
-    .venv/bin/python benchmarks/search_quality.py --quick                 # a smoke run on a few images
-    .venv/bin/python benchmarks/search_quality.py --set tune.tuner=hyperband --set train.epochs=9   # another search
+    .venv/bin/python benchmarks/search_quality.py                               # 3 sets x 3 arms x 40 min: ~6 hours
+    .venv/bin/python benchmarks/search_quality.py --sets flowers --minutes 20   # one set, shorter budgets
+    .venv/bin/python benchmarks/search_quality.py --arms shipped,random --set tune.final.train.ema=0.99   # a variant
+    .venv/bin/python benchmarks/search_quality.py --quick                       # a smoke run on a few images
 
-In one run, on one photo set (default ../shared/data/flowers, folder per class):
-  1. 15 % of the images are set aside (stratified, seeded) as a hold-out test set neither side ever sees: the search
-     picks its best on the validation split, so that split's score is optimistic for the search;
-  2. search: configs/search.yaml as shipped (data.cache on, 15 minutes of search at most, 8-epoch trials), then its
-     best.yaml trained as a normal run (`--then-train`, about 25 minutes); its total wall time W is the budget;
-  3. reference: configs/example.yaml with the same data, cache, image size, seed and validation split, its
-     train.epochs set so that its run takes W (from its measured seconds per epoch), early stopping off (so that it
-     uses the whole budget: the strongest reading of "the same wall time"). These VMs change speed by up to 1.8x,
-     so the planned epochs can overrun W (by 21 % in one run): the reference also stops at the end of the epoch
-     after which another would pass W (the last epochs of its cosine schedule, where the rate is near zero);
-  4. both final models are scored on the validation split (metrics.json) and on the hold-out set.
+Per set (flowers and hymenoptera at 64 px, digits at 32 px), in one run:
+  1. the hold-out images of benchmarks/quality.py (flowers: a stratified, seeded 15 %; hymenoptera: its val/ folder;
+     digits: its test split), which no arm sees;
+  2. every arm gets the same M minutes (`--minutes`), held by the toolkit's own hard limits: a search arm searches
+     for `--search-share` of M (tune.max_minutes: a trial running then stops at its epoch's end, and none starts
+     that would not fit), then its best trains for the rest (tune.final_minutes, the final run's train.max_minutes);
+     example.yaml trains with train.max_minutes = M, its epochs planned from a 3-epoch probe (not counted) so that
+     its cosine schedule ends near M, early stopping off. Each arm may overrun by one epoch;
+  3. scored on the hold-out set (accuracy, log-loss), with each arm's seconds; for the searches, the networks judged
+     (distinct configurations trained), per minute of search, and the trials at each rung.
+`--set` overrides apply to the shipped search only.
 """
 
 from __future__ import annotations
@@ -36,151 +38,143 @@ sys.path.insert(0, str(REPO))
 
 import keras  # noqa: E402
 import numpy as np  # noqa: E402
-from sklearn.model_selection import train_test_split  # noqa: E402
 
 from app.config import Config, load_config  # noqa: E402
 from app.data import load_labeled  # noqa: E402
 from app.inference.evaluation import evaluate_images  # noqa: E402
 from app.runs import load_run  # noqa: E402
 from app.training.run import train  # noqa: E402
-from pipelines.sources import from_folder  # noqa: E402
+from benchmarks.quality import SIZES, make_set  # noqa: E402
 from tuning import search, train_best  # noqa: E402
+from tuning.hypermodels import HYPERBAND_KEYS  # noqa: E402
 
-IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".bmp", ".gif", ".webp", ".tif", ".tiff"}
-
-
-def split_holdout(source: Path, work: Path, fraction: float, seed: int, limit: int | None) -> tuple[Path, Path]:
-    """work/train/<class>/ and work/holdout/<class>/ as symbolic links to the images of `source`."""
-    images = from_folder(source)
-    paths, labels = list(images.paths), list(images.labels)
-    if limit:
-        paths, _, labels, _ = train_test_split(paths, labels, train_size=limit, stratify=labels, random_state=seed)
-    kept, held, kept_labels, held_labels = train_test_split(paths, labels, test_size=fraction, stratify=labels, random_state=seed)
-    for name, group, group_labels in (("train", kept, kept_labels), ("holdout", held, held_labels)):
-        for path, label in zip(group, group_labels):
-            target = work / name / images.class_names[label] / Path(path).name
-            target.parent.mkdir(parents=True, exist_ok=True)
-            target.symlink_to(Path(path).resolve())
-    return work / "train", work / "holdout"
+ARMS = {"shipped": "search", "random": str(REPO / "benchmarks" / "configs" / "search_random.yaml"), "example": "example"}
+SETS = ("flowers", "hymenoptera", "digits")
 
 
 def holdout_scores(run_dir: Path, holdout: Path) -> dict[str, float]:
     run = load_run(run_dir)
     images = load_labeled(str(holdout), None, run.config.data, class_names=run.class_names)
     metrics, _ = evaluate_images(run, images)
-    return {k: metrics[k] for k in ("accuracy", "log_loss", "macro_f1", "num_images")}
+    return {k: metrics[k] for k in ("accuracy", "log_loss", "num_images")}
 
 
-def common(train_dir: Path, out: Path, size: int) -> list[str]:
-    return [f"data.train={train_dir}", f"data.image_size={size}", "data.cache=true", "train.verbose=0", f"output.dir={out}"]
+def run_search(config_name: str, base: list[str], minutes: float, share: float, overrides: list[str], holdout: Path) -> dict[str, Any]:
+    """One search arm: search for share x minutes, then its best for the rest; scored on the hold-out images."""
+    search_minutes = minutes * share
+    limits = [f"tune.max_minutes={search_minutes}", f"tune.final_minutes={minutes - search_minutes}", "tune.final_epochs=null", "tune.max_trials=100000"]
+    config = load_config(config_name, [*base, *limits, *overrides])
+    started = time.perf_counter()
+    result = search(config, progress=lambda line: print(line, flush=True))
+    searched = time.perf_counter() - started
+    trained = train_best(result)
+    seconds = time.perf_counter() - started
+    table = result.trials
+    networks = distinct_networks(result.search_dir)
+    return {
+        "config": config_name,
+        "seconds": round(seconds, 1),
+        "search_seconds": round(searched, 1),
+        "final_run_seconds": round(seconds - searched, 1),
+        "trials": len(table),
+        "networks_judged": networks,
+        "networks_per_search_minute": round(networks / (searched / 60), 2),
+        "trials_per_rung": {int(k): int(v) for k, v in table["rung"].value_counts().sort_index().items()} if "rung" in table else None,
+        "stopped_trials": {str(k): int(v) for k, v in table["stopped"].value_counts().items()} if "stopped" in table else {},
+        "best_trial_val": result.best_score,
+        "best_config": _short(load_config(result.best_config)),
+        "final_epochs_run": trained.metrics["epochs_run"],
+        "final_stopped": trained.metrics["stopped"],
+        "val": trained.metrics["val"]["accuracy"],
+        "holdout": holdout_scores(trained.run_dir, holdout),
+    }
+
+
+def distinct_networks(search_dir: Path) -> int:
+    """Configurations trained at least once (a promotion continues one already counted)."""
+    seen = set()
+    for path in search_dir.glob("trial_*/trial.json"):
+        values = json.loads(path.read_text())["hyperparameters"]["values"]
+        if values.get("tuner/round", 0) == 0 and (path.parent / "result.json").is_file():
+            seen.add(json.dumps({k: v for k, v in values.items() if k not in HYPERBAND_KEYS}, sort_keys=True))
+    return len(seen)
+
+
+def run_example(base: list[str], minutes: float, holdout: Path) -> dict[str, Any]:
+    """example.yaml for `minutes`, its epochs planned from a 3-epoch probe so that its schedule ends near the limit."""
+    overrides = [*base, "train.early_stopping_patience=0"]
+    timer = EpochTimer()
+    probe_started = time.perf_counter()
+    train(load_config("example", [*overrides, "train.epochs=3"]), callbacks=[timer])
+    pace = float(np.median(timer.seconds[1:]))  # the first epoch also traces the model
+    fixed = time.perf_counter() - probe_started - sum(timer.seconds)
+    epochs = max(1, round((minutes * 60 - fixed) / pace))
+    print(f"example.yaml: {pace:.1f} s per epoch, {fixed:.0f} s fixed: {epochs} epochs within {minutes:g} minutes", flush=True)
+    started = time.perf_counter()
+    trained = train(load_config("example", [*overrides, f"train.epochs={epochs}", f"train.max_minutes={minutes}"]))
+    return {
+        "config": "example",
+        "seconds": round(time.perf_counter() - started, 1),
+        "epochs_planned": epochs,
+        "epochs_run": trained.metrics["epochs_run"],
+        "stopped": trained.metrics["stopped"],
+        "val": trained.metrics["val"]["accuracy"],
+        "holdout": holdout_scores(trained.run_dir, holdout),
+    }
 
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--data", default=str(REPO.parent / "shared" / "data" / "flowers"))
-    parser.add_argument("--size", type=int, default=64)
-    parser.add_argument("--search-minutes", type=float, default=None, help="no trial starts after this (default: the config's tune.max_minutes, 15)")
-    parser.add_argument("--trial-epochs", type=int, default=None, help="epochs per trial (default: the config's train.epochs, 8)")
-    parser.add_argument("--final-epochs", type=int, default=None, help="epochs of the best configuration's final run, instead of its minutes")
-    parser.add_argument("--final-minutes", type=float, default=None, help="the final run trains about this long (default: the config's tune.final_minutes, 25)")
+    parser.add_argument("--sets", default=None, help=f"comma-separated, of {', '.join(SETS)} (default: all; --quick: digits)")
+    parser.add_argument("--arms", default=",".join(ARMS), help=f"comma-separated, of {', '.join(ARMS)}")
+    parser.add_argument("--minutes", type=float, default=40.0, help="each arm's wall time: search and final run together")
+    parser.add_argument("--search-share", type=float, default=0.375, help="the search's share of a search arm's minutes (15 of 40)")
     parser.add_argument("--holdout", type=float, default=0.15)
     parser.add_argument("--seed", type=int, default=42)
-    parser.add_argument(
-        "--set",
-        dest="overrides",
-        action="append",
-        default=[],
-        metavar="KEY=VALUE",
-        help="override the search's config (configs/search.yaml), e.g. tune.tuner=hyperband (repeatable)",
-    )
-    parser.add_argument("--quick", action="store_true", help="300 images, 1-minute search, few epochs: checks that the script runs")
+    parser.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE", help="override the shipped search's config")
+    parser.add_argument("--quick", action="store_true", help="120 digits, a 1-minute budget per arm: checks that the script runs")
     parser.add_argument("--output", default=str(REPO / "benchmarks" / "results" / "search_quality.json"))
     args = parser.parse_args(argv)
-    limit = None
-    if args.quick:
-        limit, args.size, args.search_minutes, args.trial_epochs, args.final_epochs, args.final_minutes = 300, 32, 1.0, 1, 2, None
+    limit, minutes = (120, 1.0) if args.quick else (None, args.minutes)
+    sets = (args.sets or ("digits" if args.quick else ",".join(SETS))).split(",")
+    report: dict[str, Any] = {"minutes": minutes, "search_share": args.search_share, "seed": args.seed, "overrides": args.overrides, "sets": {}}
     work = Path(tempfile.mkdtemp(prefix="imgclf-search-quality-"))
     try:
-        train_dir, holdout = split_holdout(Path(args.data), work, args.holdout, args.seed, limit)
-        base = common(train_dir, work / "runs", args.size)
-
-        started = time.perf_counter()
-        lengths = [f"train.epochs={args.trial_epochs}"] if args.trial_epochs else []
-        if args.final_epochs:
-            lengths += [f"tune.final_epochs={args.final_epochs}", "tune.final_minutes=null"]
-        elif args.final_minutes:
-            lengths += [f"tune.final_minutes={args.final_minutes}"]
-        if args.search_minutes:
-            lengths += [f"tune.max_minutes={args.search_minutes}"]
-        search_config = load_config("search", [*base, *lengths, "tune.max_trials=1000", f"seed={args.seed}", *args.overrides])
-        result = search(search_config, progress=lambda line: print(line, flush=True))
-        searched = time.perf_counter() - started
-        trained = train_best(result)
-        budget = time.perf_counter() - started
-        print(f"search {searched:.0f} s + final training {budget - searched:.0f} s = budget {budget:.0f} s", flush=True)
-
-        reference_overrides = [*base, "train.early_stopping_patience=0", f"seed={args.seed}"]
-        timer = EpochTimer()
-        probe_started = time.perf_counter()
-        train(load_config("example", [*reference_overrides, "train.epochs=3"]), callbacks=[timer])
-        probe_seconds = time.perf_counter() - probe_started
-        epoch_seconds = float(np.median(timer.seconds[1:]))  # the first epoch also traces the model
-        fixed = probe_seconds - 3 * epoch_seconds  # start-up, tracing, final report
-        epochs = max(1, round((budget - fixed) / epoch_seconds))
-        print(f"reference: {epoch_seconds:.1f} s per epoch, {fixed:.0f} s fixed: {epochs} epochs", flush=True)
-        reference_started = time.perf_counter()
-        clock = WallClockStop(budget - fixed)
-        reference = train(load_config("example", [*reference_overrides, f"train.epochs={epochs}"]), callbacks=[clock])
-        reference_seconds = time.perf_counter() - reference_started
-
-        report: dict[str, Any] = {
-            "data": args.data,
-            "image_size": args.size,
-            "holdout_fraction": args.holdout,
-            "seed": args.seed,
-            "search_overrides": args.overrides,
-            "search_minutes": search_config.tune.max_minutes,
-            "trial_epochs": search_config.train.epochs,
-            "final_epochs": search_config.tune.final_epochs,
-            "final_minutes": search_config.tune.final_minutes,
-            "final_settings": search_config.tune.final,
-            "search": {
-                "search_dir": str(result.search_dir),
-                "trials": len(result.trials),
-                "rejected_proposals": result.rejected,
-                "best_trial_val": result.best_score,
-                "search_seconds": round(searched, 1),
-                "final_run_seconds": round(budget - searched, 1),
-                "budget_seconds": round(budget, 1),
-                "best_config": _short(load_config(result.best_config)),
-                "val": trained.metrics["val"],
-                "holdout": holdout_scores(trained.run_dir, holdout),
-                "trials_table": json.loads(result.trials.drop(columns=["message"], errors="ignore").to_json(orient="records")),
-            },
-            "reference": {
-                "config": "configs/example.yaml",
-                "epochs": epochs,
-                "epochs_trained": clock.epochs,
-                "stopped_at_budget": clock.stopped,
-                "seconds": round(reference_seconds, 1),
-                "val": reference.metrics["val"],
-                "holdout": holdout_scores(reference.run_dir, holdout),
-            },
-        }
-        s, r = report["search"], report["reference"]
-        report["search_wins_on_holdout"] = s["holdout"]["accuracy"] > r["holdout"]["accuracy"]
+        for name in sets:
+            train_dir, holdout = make_set(name, work, args.holdout, args.seed, limit)
+            size = 32 if args.quick else SIZES[name]
+            base = [f"data.train={train_dir}", f"data.image_size={size}", "data.cache=true", "train.verbose=0", f"seed={args.seed}"]
+            base.append(f"output.dir={work / name / 'runs'}")
+            if args.quick:
+                base += ["train.epochs=3"]
+            arms: dict[str, Any] = {}
+            for arm in args.arms.split(","):
+                print(f"== {name}: {arm} ({minutes:g} minutes)", flush=True)
+                if arm == "example":
+                    arms[arm] = run_example(base, minutes, holdout)
+                else:
+                    extra = [*(["tune.rung_scales=[]"] if args.quick else []), *(args.overrides if arm == "shipped" else [])]
+                    arms[arm] = run_search(ARMS[arm], base, minutes, args.search_share, extra, holdout)
+                print(f"{name} {arm}: {json.dumps(arms[arm]['holdout'])} in {arms[arm]['seconds']:.0f} s", flush=True)
+            report["sets"][name] = arms
         out = Path(args.output)
         out.parent.mkdir(parents=True, exist_ok=True)
         out.write_text(json.dumps(report, indent=2, default=str) + "\n")
-        print(f"search + final run: {s['budget_seconds']:.0f} s, val accuracy {s['val']['accuracy']:.4f}, hold-out accuracy {s['holdout']['accuracy']:.4f}")
-        print(
-            f"example.yaml ({clock.epochs} of {epochs} epochs): {r['seconds']:.0f} s, val accuracy {r['val']['accuracy']:.4f}, "
-            f"hold-out accuracy {r['holdout']['accuracy']:.4f}"
-        )
+        print_table(report)
         print(f"written: {out}")
     finally:
         shutil.rmtree(work, ignore_errors=True)
     return 0
+
+
+def print_table(report: dict[str, Any]) -> None:
+    print("| set | arm | hold-out accuracy | hold-out log-loss | seconds | networks judged | per search minute |")
+    print("|---|---|---|---|---|---|---|")
+    for name, arms in report["sets"].items():
+        for arm, row in arms.items():
+            judged = row.get("networks_judged", "")
+            rate = row.get("networks_per_search_minute", "")
+            print(f"| {name} | {arm} | {row['holdout']['accuracy']:.4f} | {row['holdout']['log_loss']:.3f} | {row['seconds']:.0f} | {judged} | {rate} |")
 
 
 class EpochTimer(keras.callbacks.Callback):
@@ -195,31 +189,6 @@ class EpochTimer(keras.callbacks.Callback):
         self.seconds.append(time.perf_counter() - self._start)
 
 
-class WallClockStop(keras.callbacks.Callback):
-    """Stop at the end of the epoch after which one more (as long as the median one so far) would pass `seconds`."""
-
-    def __init__(self, seconds: float) -> None:
-        super().__init__()
-        self.seconds = seconds
-        self.epochs = 0
-        self.stopped = False
-        self._durations: list[float] = []
-
-    def on_train_begin(self, logs: dict | None = None) -> None:
-        self._start = time.perf_counter()
-
-    def on_epoch_begin(self, epoch: int, logs: dict | None = None) -> None:
-        self._epoch_start = time.perf_counter()
-
-    def on_epoch_end(self, epoch: int, logs: dict | None = None) -> None:
-        now = time.perf_counter()
-        self.epochs += 1
-        self._durations.append(now - self._epoch_start)
-        if now - self._start + float(np.median(self._durations)) > self.seconds and not self.model.stop_training:
-            self.model.stop_training = True
-            self.stopped = True
-
-
 def _short(config: Config) -> dict[str, Any]:
     return {
         "blocks": [f"{b.filters}x{b.kernel_size}/s{b.strides}x{b.repeats}" for b in config.model.blocks],
@@ -227,9 +196,8 @@ def _short(config: Config) -> dict[str, Any]:
         "optimizer": config.train.optimizer,
         "schedule": config.train.schedule.name,
         "augment": config.augment.train,
-        "dropout": config.model.dropout,
-        "label_smoothing": config.train.label_smoothing,
         "epochs": config.train.epochs,
+        "recipe": {k: getattr(config.train, k) for k in ("mixup", "cutmix", "ema", "progressive_from")},
     }
 
 

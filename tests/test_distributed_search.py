@@ -4,6 +4,7 @@ The end-to-end cases run real worker processes (`imgclf tune --role worker`) aga
 
 from __future__ import annotations
 
+import json
 import os
 import re
 import signal
@@ -37,7 +38,7 @@ def free_port() -> int:
 
 
 def trials_of(search_dir: Path) -> pd.DataFrame:
-    return pd.read_csv(search_dir / TRIALS_FILE, dtype={"trial": str})
+    return pd.read_csv(search_dir / TRIALS_FILE, dtype={"trial": str, "continues": str})
 
 
 class Progress:
@@ -292,3 +293,26 @@ def test_ctrl_c_stops_the_chief_and_its_workers(tiny_config: Config, tmp_path: P
     assert len(pids) == 2
     time.sleep(1)
     assert not [pid for pid in pids if Path(f"/proc/{pid}").exists() and "zombie" not in Path(f"/proc/{pid}/status").read_text()]
+
+
+@pytest.mark.slow
+def test_asha_with_two_local_workers_promotes_and_reports_their_idle_share(tiny_config: Config) -> None:
+    config = search_config(tiny_config, "tune.tuner=asha", "tune.max_trials=6", "train.epochs=3", "tune.reduction_factor=3")
+    result = search(config, workers=2, progress=Progress())
+    table = trials_of(result.search_dir)
+    assert (table["status"] == "COMPLETED").all() and (table["rung"] == 0).sum() == 6 and (table["rung"] == 1).sum() >= 2
+    for row in table[table["rung"] == 1].itertuples():  # each promotion continued a finished network of rung 0
+        assert row.continues in set(table.loc[table["rung"] == 0, "trial"]) and row.epochs == 3
+    finished = json.loads((result.search_dir / "search.json").read_text())
+    assert 0.0 <= finished["workers_idle_share"] < 1.0
+
+
+@pytest.mark.slow
+def test_the_workers_trials_stop_at_the_searchs_time_limit(tiny_config: Config) -> None:
+    config = search_config(tiny_config, "train.epochs=500", "train.early_stopping_patience=0", "tune.trial_budget=epochs", "tune.max_minutes=0.4")
+    started = time.monotonic()
+    result = search(config, workers=2, progress=Progress())
+    took = time.monotonic() - started
+    table = trials_of(result.search_dir)
+    assert len(table) >= 1 and (table["stopped"] == "time limit").all() and (table["epochs"] < 500).all()
+    assert took < 120  # 24 s of budget, then one epoch of a tiny network (500 epochs would take many minutes)

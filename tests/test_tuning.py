@@ -314,7 +314,7 @@ def test_bayesian_default_initial_points_follow_max_trials(tiny_config: Config) 
 def test_every_tuner_runs_a_small_search(tiny_config: Config, tuner: str) -> None:
     overrides = [f"tune.tuner={tuner}", "tune.max_trials=3"]
     if tuner == "hyperband":
-        overrides += ["train.epochs=2", "tune.hyperband_factor=2"]
+        overrides += ["train.epochs=2", "tune.reduction_factor=2"]
     if tuner == "bayesian":
         overrides += ["tune.initial_points=2"]
     if tuner == "grid":  # a grid of 2 x 2 = 4 networks, blocks fixed
@@ -352,7 +352,7 @@ def test_the_same_seed_proposes_the_same_trials(tiny_config: Config, tmp_path: P
 @pytest.mark.parametrize(
     "override,message",
     [
-        ("tune.tuner=genetic", "tune.tuner: 'genetic' is not one of random, hyperband, bayesian, grid"),
+        ("tune.tuner=genetic", "tune.tuner: 'genetic' is not one of random, asha, hyperband, bayesian, grid"),
         ("tune.objective=val_top1", "tune.objective: 'val_top1' is not one of val_loss"),
         ("tune.space.blocks={min: 4, max: 2}", "tune.space.blocks: min 4 is larger than max 2"),
         ("tune.space.filters=[]", "tune.space.filters: the list of choices is empty"),

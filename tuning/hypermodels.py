@@ -24,9 +24,9 @@ from app.inference.evaluation import classification_metrics
 from app.inference.prediction import predict_probs
 from app.models.backbones import size_problem
 from app.models.geometry import baseline_geometry, conv_macs, shape_problem
-from app.training.callbacks import BestWeights
+from app.training.callbacks import BestWeights, TimeLimit
 from app.training.fitting import build_model, compile_model, fit_stages, plan_stages, set_trainable
-from tuning.space import REPORT_OBJECTIVES, Entry, SearchSpace
+from tuning.space import RECIPE_KEYS, REPORT_OBJECTIVES, Entry, SearchSpace, rung_image_size
 
 HYPERBAND_KEYS = ("tuner/epochs", "tuner/initial_epoch", "tuner/bracket", "tuner/round", "tuner/trial_id")
 
@@ -70,15 +70,21 @@ class ConfigHyperModel(kt.HyperModel):
         self._declare(hp, tree, "augment", "augment.train")
         self._declare(hp, tree, "label_smoothing", "train.label_smoothing")
         self._declare(hp, tree, "batch_size", "data.batch_size")
+        for key, path in RECIPE_KEYS.items():  # the training recipe: 0 means off
+            if self._declare(hp, tree, key, path) == 0 and key in ("ema", "progressive_from"):
+                _set(tree, path, None)
         self._declare_schedule(hp, tree)
-        if "tuner/epochs" in hp.values and not for_training:  # Hyperband: this round trains up to tuner/epochs
+        if "tuner/epochs" in hp.values and not for_training:  # asha, hyperband: this rung trains up to tuner/epochs
             tree["train"]["epochs"] = int(hp.values["tuner/epochs"])
+            tree["data"]["image_size"] = rung_image_size(self.base, int(hp.values.get("tuner/round", 0)))  # asha's second fidelity
         elif not for_training:
             tree["train"]["epochs"] = self.trial_epochs(tree)
         if for_training:  # short trials, then the winner trains longer, with the final run's own settings
             tree = merge_tree(tree, self.base.tune.final)
             if final_epochs or self.base.tune.final_epochs:
                 tree["train"]["epochs"] = final_epochs or self.base.tune.final_epochs
+            if self.base.tune.final_minutes and tree["train"]["max_minutes"] is None:  # sized to fit, and held to it
+                tree["train"]["max_minutes"] = self.base.tune.final_minutes
         tree["output"]["name"] = None
         return from_dict(Config, tree)
 
@@ -137,6 +143,11 @@ class ConfigHyperModel(kt.HyperModel):
         """Final feature-map side and receptive field, where the arithmetic knows the model."""
         return {"feature_size": None, "receptive_field": None}
 
+    def epoch_cost(self, config: Config) -> float:
+        """What an epoch of this config costs, in units that the measured seconds per unit make seconds: the
+        training pixels (subclasses that know the network's multiply-accumulates weigh those)."""
+        return float(self.train_images * config.data.image_size**2)
+
     # -- build and fit -------------------------------------------------------------------------------------
     def build(self, hp: kt.HyperParameters) -> keras.Model:
         """The trial's model, compiled for its first stage (as a Keras Tuner user expects from `build`)."""
@@ -153,11 +164,17 @@ class ConfigHyperModel(kt.HyperModel):
         return self.base.train.monitor if objective in REPORT_OBJECTIVES else objective
 
     def fit(
-        self, hp: kt.HyperParameters, model: keras.Model, data: PreparedData, callbacks: Sequence[keras.callbacks.Callback] = (), **kwargs: Any
+        self,
+        hp: kt.HyperParameters,
+        model: keras.Model,
+        data: PreparedData,
+        callbacks: Sequence[keras.callbacks.Callback] = (),
+        time_limit: TimeLimit | None = None,
+        **kwargs: Any,
     ) -> dict[str, float]:
-        """Train through the config's stages on `data` (prepared once per search); returns the best epoch's logs
-        (training ones as train_loss, train_accuracy), the metrics.json scores when the objective is one of them,
-        and the epochs run. The model ends with its best weights."""
+        """Train through the config's stages on `data` (prepared once per search), within `time_limit`; returns the
+        best epoch's logs (training ones as train_loss, train_accuracy), the metrics.json scores when the objective
+        is one of them, and the epochs run. The model ends with its best weights."""
         config = self.config_for(hp)
         config = dataclasses.replace(config, train=dataclasses.replace(config.train, verbose=0))  # the search prints one line per trial
         stages = plan_stages(config, data.steps_per_epoch(config.data.batch_size))
@@ -176,6 +193,7 @@ class ConfigHyperModel(kt.HyperModel):
                 callbacks=[best, *callbacks],
                 restore_best=best.restore,
                 initial_epoch=initial_epoch,
+                time_limit=time_limit,
             )
         best.restore()
         results = {(k if k.startswith("val_") else f"train_{k}"): v for k, v in best.best_logs.items()}
@@ -290,6 +308,11 @@ class BaselineHyperModel(ConfigHyperModel):
         size = int(tree["data"]["image_size"])
         blocks = [ConvBlock(**b) if isinstance(b, dict) else b for b in tree["model"]["blocks"]]
         return compute_epochs(epochs, conv_macs(self.base.model.blocks, size), conv_macs(blocks, size))
+
+    def epoch_cost(self, config: Config) -> float:
+        """Convolution multiply-accumulates per epoch plus the fixed share (`compute_epochs`' cost model)."""
+        size = config.data.image_size
+        return float(self.train_images * (conv_macs(config.model.blocks, size) + FIXED_COST_SHARE * conv_macs(self.base.model.blocks, size)))
 
     def geometry_facts(self, config: Config) -> dict[str, Any]:
         geometry = baseline_geometry(config.model.blocks, config.data.image_size)

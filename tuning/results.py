@@ -23,7 +23,7 @@ SUMMARY_FILE = "summary.md"
 SCORES_PLOT = "scores.png"
 HYPERPARAMETERS_PLOT = "hyperparameters.png"
 TENSORBOARD_DIR = "tensorboard"
-FACTS = ("epochs", "best_epoch", "seconds", "params", "feature_size", "receptive_field", "worker")  # worker: distributed search only
+FACTS = ("epochs", "best_epoch", "stopped", "seconds", "image_size", "params", "feature_size", "receptive_field", "worker")  # worker: distributed only
 
 
 def searched_names(oracle: Any) -> list[str]:
@@ -43,6 +43,8 @@ def trials_table(oracle: Any, search_dir: Path) -> pd.DataFrame:
         metrics = result.get("metrics", {})
         hp = trial.hyperparameters
         row: dict[str, Any] = {"trial": trial_id, "status": trial.status, objective: trial.score}
+        if "tuner/round" in hp.values:  # asha and hyperband: the rung, and the trial whose weights it continues
+            row.update({"rung": hp.values["tuner/round"], "continues": hp.values.get("tuner/trial_id") or ""})
         row.update({name: hp.values.get(name) if hp.is_active(name) else None for name in names if name not in HYPERBAND_KEYS})
         row.update({fact: result.get(fact, metrics.get(fact)) for fact in FACTS if fact != "worker" or "worker" in result})
         row.update({k: v for k, v in metrics.items() if k not in row and k not in FACTS})
@@ -185,14 +187,17 @@ def write_summary(oracle: Any, table: pd.DataFrame, search_dir: Path, facts: dic
         f"- data: {facts['train_images']} training and {facts['val_images']} validation images, {facts['image_size']} px",
         f"- trials: {len(table)} trained ({len(done)} completed, {int((table['status'] == 'FAILED').sum()) if len(table) else 0} failed); "
         f"{len(rejected)} proposals skipped without training (networks not worth training)",
-        f"- search time: {facts['seconds']:.0f} s",
+        f"- search time: {facts['seconds']:.0f} s{_budget_text(oracle, table, facts)}",
     ]
+    if "rung" in table:
+        rungs = ", ".join(f"rung {int(r)}: {n}" for r, n in table["rung"].value_counts().sort_index().items())
+        lines.append(f"- trials per rung (epochs {', '.join(map(str, getattr(oracle, 'rungs', [])))}): {rungs}")
     if best is not None:
         lines.append(f"- best: {objective} = {best.score:.4f} (trial {best.trial_id}): `imgclf train -c {search_dir / BEST_FILE}`")
     lines += ["", "## Best trials", ""]
     if len(done):
-        shown = done.sort_values(objective, ascending=not _maximise(objective)).head(5)
-        columns = ["trial", objective, *[n for n in names if n in shown], *[f for f in FACTS if f in shown]]
+        shown = done.iloc[[done.index.get_loc(i) for i in _ranked(oracle, done)]].head(5)
+        columns = ["trial", *(["rung"] if "rung" in shown else []), objective, *[n for n in names if n in shown], *[f for f in FACTS if f in shown]]
         lines.append(_markdown(shown[columns]))
     else:
         lines.append("No trial completed.")
@@ -210,6 +215,25 @@ def write_summary(oracle: Any, table: pd.DataFrame, search_dir: Path, facts: dic
     text = "\n".join(lines)
     write_text(search_dir / SUMMARY_FILE, text)
     return text
+
+
+def _ranked(oracle: Any, done: pd.DataFrame) -> list[Any]:
+    """The rows of `done` in the oracle's order of best trials (ASHA: highest rung first), the others after."""
+    order = {t.trial_id: i for i, t in enumerate(oracle.get_best_trials(len(oracle.trials)))}
+    return sorted(done.index, key=lambda i: order.get(done.at[i, "trial"], len(order)))
+
+
+def _budget_text(oracle: Any, table: pd.DataFrame, facts: dict[str, Any]) -> str:
+    """How the time budget was kept: the limit, trials stopped at it or by the median rule, proposals not started."""
+    parts = []
+    if facts.get("max_minutes"):
+        parts.append(f"of {facts['max_minutes'] * 60:.0f} s allowed (tune.max_minutes)")
+    stopped = table["stopped"].value_counts() if "stopped" in table else pd.Series(dtype=int)
+    parts += [f"{count} trial(s) stopped by the {why}" for why, count in stopped.items() if why]
+    skipped = getattr(oracle, "skipped_for_time", 0)
+    if skipped:
+        parts.append(f"{skipped} proposal(s) not started: too long for the time left")
+    return f" ({'; '.join(parts)})" if parts else ""
 
 
 def _reason_kind(reason: str) -> str:

@@ -27,7 +27,7 @@ from tuning.directory import open_search_dir
 from tuning.distributed.chief import check_port, serve_search
 from tuning.distributed.protocol import parse_address
 from tuning.session import SearchError, announce, chief_has_no_data, consecutive_failures_error, data_cache, finish_session, open_session
-from tuning.space import SearchSpace, parse_space
+from tuning.space import SearchSpace, parse_space, rung_image_size
 
 __all__ = ["SearchError", "SearchResult", "check_space", "search"]
 
@@ -69,10 +69,11 @@ def check_space(config: Config, space: SearchSpace) -> None:
 
     count = least("blocks", 0) if space["blocks"] else len(base)
     blocks = [ConvBlock(1, least("kernel_size", i), least("strides", i), least("repeats", i), least("pool", i)) for i in range(count)]
-    problem = shape_problem(baseline_geometry(blocks, config.data.image_size), config.tune.min_feature_size)
+    size = rung_image_size(config, 0)  # asha's first rung may be smaller
+    problem = shape_problem(baseline_geometry(blocks, size), config.tune.min_feature_size)
     if problem:
         raise ConfigError(
-            f"tune.space: no network in this space is worth training at data.image_size={config.data.image_size}: even the least shrinking one "
+            f"tune.space: no network in this space is worth training at {size} px: even the least shrinking one "
             f"({count} blocks, strides {blocks[0].strides}, kernel {blocks[0].kernel_size}, pool {blocks[0].pool}) fails: {problem}. "
             "Fix: fewer blocks or stride 1 among the choices, a larger data.image_size, or a smaller tune.min_feature_size"
         )

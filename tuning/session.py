@@ -38,8 +38,10 @@ def progress_line(tuner: SearchTuner, trial: kt.engine.trial.Trial, total: int, 
     defaults = {hp.name: hp.default for hp in space.space}
     changed = {k: v for k, v in trial.hyperparameters.values.items() if k not in HYPERBAND_KEYS and trial.hyperparameters.is_active(k) and v != defaults.get(k)}
     shown = " ".join(f"{k}={v:.3g}" if isinstance(v, float) else f"{k}={v}" for k, v in changed.items()) or "(defaults)"
-    if "tuner/epochs" in trial.hyperparameters.values:
-        shown = f"epochs {trial.hyperparameters.values['tuner/initial_epoch']}-{trial.hyperparameters.values['tuner/epochs']}  " + shown
+    values = trial.hyperparameters.values
+    if "tuner/epochs" in values:
+        source = f" of trial {values['tuner/trial_id']}" if values.get("tuner/trial_id") else ""
+        shown = f"rung {values.get('tuner/round', 0)}: epochs {values['tuner/initial_epoch']}-{values['tuner/epochs']}{source}  " + shown
     score = (
         f"{objective}={trial.score:.4f}"
         if trial.status == "COMPLETED" and trial.score is not None
@@ -109,13 +111,20 @@ def finish_session(opened: Session, job: ResumableDir, facts: dict[str, Any], st
     """Write the results of a search that ended: trials.csv, summary.md, plots, and search.json (written last)."""
     tuner, config, search_dir = opened.tuner, opened.config, opened.search_dir
     table = results.write_trials(tuner.oracle, opened.hypermodel, search_dir)
-    facts = {"tuner": config.tune.tuner, "seed": opened.seed, **facts, "image_size": config.data.image_size, "seconds": tuner.elapsed()}
+    facts = {
+        "tuner": config.tune.tuner,
+        "seed": opened.seed,
+        **facts,
+        "image_size": config.data.image_size,
+        "seconds": tuner.elapsed(),
+        "max_minutes": config.tune.max_minutes,
+    }
     results.write_summary(tuner.oracle, table, search_dir, facts)
     results.plot_scores(table, config.tune.objective, search_dir / results.SCORES_PLOT)
     results.plot_hyperparameters(table, config.tune.objective, opened.names, search_dir / results.HYPERPARAMETERS_PLOT)
     best = results.best_trial(tuner.oracle)
     rejected = len(getattr(tuner.oracle, "rejected", []))
-    extra = {k: facts[k] for k in ("workers", "oracle_requests", "chief_cpu_seconds", "ignored_reports") if k in facts}
+    extra = {k: facts[k] for k in ("workers", "oracle_requests", "chief_cpu_seconds", "ignored_reports", "workers_idle_share") if k in facts}
     job.finish(
         {
             "objective": config.tune.objective,
@@ -123,6 +132,7 @@ def finish_session(opened: Session, job: ResumableDir, facts: dict[str, Any], st
             "best_trial": best.trial_id if best else None,
             "trials": len(table),
             "rejected_proposals": rejected,
+            "skipped_for_time": getattr(tuner.oracle, "skipped_for_time", 0),
             "seconds": round(tuner.elapsed(), 1),
             "this_process_seconds": round(time.perf_counter() - started, 1),
             **extra,

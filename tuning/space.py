@@ -22,8 +22,9 @@ from app.models.backbones import BACKBONES, canonical_name
 from app.training.optimization import OPTIMIZERS
 from app.training.schedules import SCHEDULES
 from pipelines.augment import PRESETS
+from tuning.oracles import rung_epochs
 
-TUNERS = ("random", "hyperband", "bayesian", "grid")
+TUNERS = ("random", "asha", "hyperband", "bayesian", "grid")
 TRIAL_BUDGETS = ("compute", "epochs")
 
 # Conditional knobs searched for each schedule, merged under tune.space.schedule_knobs (knob -> entry).
@@ -163,7 +164,12 @@ SPACE_KEYS: dict[str, tuple[type, Callable[[Any], str | None] | None]] = {
     "augment": (str, _augment),
     "label_smoothing": (float, _rate),
     "batch_size": (int, _positive),
+    "mixup": (float, lambda v: None if v >= 0 else f"{v}: MixUp's alpha is >= 0 (0: off)"),
+    "cutmix": (float, lambda v: None if v >= 0 else f"{v}: CutMix's alpha is >= 0 (0: off)"),
+    "ema": (float, lambda v: None if 0 <= v < 1 else f"{v} is not an EMA momentum in [0, 1) (0: off)"),
+    "progressive_from": (int, lambda v: None if v == 0 or v >= 8 else f"{v}: a start size >= 8, or 0 (off)"),
 }
+RECIPE_KEYS = {"mixup": "train.mixup", "cutmix": "train.cutmix", "ema": "train.ema", "progressive_from": "train.progressive_from"}  # 0: off
 BASELINE_ONLY = ("blocks", "filters", "filters_growth", "kernel_size", "strides", "repeats", "pool")
 BACKBONE_ONLY = ("backbone", "unfreeze_blocks", "finetune_learning_rate", "image_size")
 
@@ -204,6 +210,29 @@ def check_final_settings(config: Config) -> None:
         raise ConfigError(f"config key tune.final: {exc}") from None
 
 
+def rung_image_size(config: Config, rung: int) -> int:
+    """asha: the image size of `rung`, tune.rung_scales of data.image_size (a multiple of 4, 8 pixels at least)."""
+    scales = config.tune.rung_scales
+    if not scales:
+        return config.data.image_size
+    return config.data.image_size if scales[rung] == 1.0 else max(8, round(config.data.image_size * scales[rung] / 4) * 4)
+
+
+def check_rung_scales(config: Config) -> None:
+    """tune.rung_scales: for asha, one share of data.image_size per rung, growing, the last 1; ConfigError names it."""
+    scales, tune = config.tune.rung_scales, config.tune
+    if not scales:
+        return
+    rungs = rung_epochs(min(tune.min_epochs, config.train.epochs), config.train.epochs, max(2, tune.reduction_factor))
+    expected = f"{len(rungs)} shares of data.image_size, one per rung (epochs {', '.join(map(str, rungs))}), growing to 1.0"
+    if tune.tuner != "asha":
+        raise ConfigError("config key tune.rung_scales: rungs are asha's. Fix: tune.tuner=asha, or rung_scales=[] (every trial at data.image_size)")
+    if len(scales) != len(rungs) or scales[-1] != 1.0 or scales != sorted(scales) or min(scales) <= 0:
+        raise ConfigError(
+            f"config key tune.rung_scales: {scales}; expected {expected}, e.g. {[round(0.5 + 0.5 * k / max(1, len(rungs) - 1), 2) for k in range(len(rungs))]}"
+        )
+
+
 def parse_space(config: Config) -> SearchSpace:
     """Check `config.tune` (tuner, objective, budget, space) and parse its space; ConfigError names the key."""
     tune = config.tune
@@ -223,18 +252,21 @@ def parse_space(config: Config) -> SearchSpace:
     if tune.final_minutes is not None and tune.final_epochs is not None:
         raise ConfigError("config keys tune.final_epochs and tune.final_minutes both size the final run. Fix: set one of them to null")
     check_final_settings(config)
-    if tune.hyperband_factor < 2:
-        raise ConfigError(f"config key tune.hyperband_factor: {tune.hyperband_factor} must be >= 2")
+    if tune.reduction_factor < 2:
+        raise ConfigError(f"config key tune.reduction_factor: {tune.reduction_factor} must be >= 2")
+    check_rung_scales(config)
+    if not 1 <= tune.min_epochs <= config.train.epochs:
+        raise ConfigError(f"config key tune.min_epochs: {tune.min_epochs} must be in 1..train.epochs ({config.train.epochs}), the lowest and highest rungs")
     for key in ("worker_timeout", "connect_timeout"):
         if getattr(tune, key) <= 0:
             raise ConfigError(f"config key tune.{key}: {getattr(tune, key)} must be > 0 seconds")
     backbone = is_backbone(config.model.name)
     if not backbone and config.model.name != "baseline_cnn":
         raise ConfigError(f"config key model.name: unknown model {config.model.name!r}; `imgclf models` lists them")
-    if tune.tuner == "hyperband" and config.finetune.epochs > 0:
+    if tune.tuner in ("hyperband", "asha") and config.finetune.epochs > 0:
         raise ConfigError(
-            "config key tune.tuner: hyperband grows one stage's epochs, and finetune.epochs > 0 makes two. "
-            "Fix: set finetune.epochs=0 (train.epochs is hyperband's max_epochs), or use tune.tuner=random or bayesian"
+            f"config key tune.tuner: {tune.tuner} grows one stage's epochs, and finetune.epochs > 0 makes two. "
+            f"Fix: set finetune.epochs=0 (train.epochs is {tune.tuner}'s most epochs), or use tune.tuner=random or bayesian"
         )
     space = tune.space
     entries = {}

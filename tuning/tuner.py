@@ -9,7 +9,9 @@ file per epoch), no callbacks are deep-copied and TensorBoard is written once pe
 from __future__ import annotations
 
 import gc
+import json
 import logging
+import statistics
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -21,13 +23,16 @@ import keras_tuner as kt
 from app.atomic import write_json
 from app.config import Config
 from app.data import PreparedData
+from app.training.callbacks import TimeLimit
 from app.training.fitting import seed_everything
 from tuning.compat import base_tuner
 from tuning.hypermodels import HYPERBAND_KEYS, ConfigHyperModel
+from tuning.stopping import MedianStop
 
 log = logging.getLogger(__name__)
 
 RESULT_FILE = "result.json"  # per trial: hyperparameters, config facts, metrics, history, seconds
+DEADLINE_FILE = "deadline.json"  # when tune.max_minutes runs out, for the workers of a distributed search
 WEIGHTS_FILE = "model.weights.h5"  # per trial, Hyperband only: what the next round continues from
 
 
@@ -68,14 +73,34 @@ class SearchTuner(base_tuner.BaseTuner):
         super().__init__(oracle, hypermodel, directory=str(self.search_dir.parent), project_name=self.search_dir.name)
         oracle.verbose = 0  # one line per trial is printed by on_trial_done instead of KerasTuner's tables
         oracle.check = self._check
-        oracle.time_left = self._time_left
+        oracle.seconds_left = self.seconds_left
+        oracle.estimate = self.estimated_seconds
+        self._results: dict[str, dict[str, Any]] = {}  # result.json of finished trials, read once
 
     # -- state -------------------------------------------------------------------------------------------
     def elapsed(self) -> float:
         return self.seconds_before + time.perf_counter() - self._started
 
-    def _time_left(self) -> bool:
-        return self.max_seconds is None or self.elapsed() < self.max_seconds
+    def seconds_left(self) -> float | None:
+        """Seconds of tune.max_minutes left, or None without a limit."""
+        ends_at = self.ends_at()
+        return None if ends_at is None else ends_at - time.time()
+
+    def ends_at(self) -> float | None:
+        """When the search's time is up (a `time.time()` instant), or None without a limit. The process that keeps
+        the clock (one process, or the chief) knows it and publishes it in the search directory; a worker reads it."""
+        if self.max_seconds is not None:
+            return time.time() + self.max_seconds - self.elapsed()
+        path = self.search_dir / DEADLINE_FILE
+        try:
+            ends_at = json.loads(path.read_text())["ends_at"] if path.is_file() else None
+        except (ValueError, KeyError, OSError):  # being replaced this instant: the next epoch reads it again
+            return None
+        return None if ends_at is None else float(ends_at)
+
+    def publish_deadline(self) -> None:
+        """Write when the search's time is up, for the workers' trials to stop there too (None: no limit)."""
+        write_json(self.search_dir / DEADLINE_FILE, {"ends_at": self.ends_at() if self.max_seconds is not None else None})
 
     def get_state(self) -> dict[str, Any]:
         return {"seconds": round(self.elapsed(), 1)}
@@ -130,13 +155,19 @@ class SearchTuner(base_tuner.BaseTuner):
         if "tuner/trial_id" in hp.values:  # Hyperband: continue the trial this one was promoted from
             model.load_weights(self.trial_dir(hp.values["tuner/trial_id"]) / WEIGHTS_FILE)
         history = _History()
-        results = self.hypermodel.fit(hp, model, data, callbacks=[history])
+        time_limit = TimeLimit(self.ends_at)
+        median = self._median_stop(config, hp)
+        results = self.hypermodel.fit(hp, model, data, callbacks=[history, *median], time_limit=time_limit)
+        stopped = "time limit" if time_limit.stopped_epoch else ("median rule" if median and median[0].stopped_epoch else None)
         if "tuner/epochs" in hp.values:
             model.save_weights(self.trial_dir(trial.trial_id) / WEIGHTS_FILE)
         facts = {
             "params": int(model.count_params()),
+            "image_size": config.data.image_size,
             **self.hypermodel.geometry_facts(config),
             "seconds": round(time.perf_counter() - started, 2),
+            "epoch_cost": self.hypermodel.epoch_cost(config),
+            "stopped": stopped,
         }
         if self._is_worker():  # a distributed search: which worker ran it
             facts["worker"] = self.tuner_id
@@ -148,6 +179,36 @@ class SearchTuner(base_tuner.BaseTuner):
         del model
         return results
 
+    # -- what finished trials measured -----------------------------------------------------------------------
+    def finished_results(self) -> list[dict[str, Any]]:
+        """result.json of every completed trial (read once each)."""
+        for trial_id, trial in self.oracle.trials.items():
+            path = self.trial_dir(trial_id) / RESULT_FILE
+            if trial_id not in self._results and trial.status == "COMPLETED" and path.is_file():
+                self._results[trial_id] = json.loads(path.read_text())
+        return [self._results[t] for t in sorted(self._results)]
+
+    def estimated_seconds(self, values: dict[str, Any]) -> float | None:
+        """What a trial of `values` would take: its epochs times its epoch cost times the seconds per unit of cost
+        measured by finished trials (median), plus their median fixed time (building, tracing, evaluation). None
+        before any trial has finished."""
+        done = [r for r in self.finished_results() if r.get("epoch_cost") and r.get("epoch_seconds")]
+        if not done:
+            return None
+        pace = statistics.median(statistics.median(r["epoch_seconds"][1:] or r["epoch_seconds"]) / r["epoch_cost"] for r in done)
+        fixed = statistics.median(max(0.0, r["seconds"] - sum(r["epoch_seconds"])) for r in done)
+        config = self.hypermodel.config_for(self.hyperparameters_of(values))
+        epochs = config.train.epochs + config.finetune.epochs - int(values.get("tuner/initial_epoch", 0))
+        return fixed + epochs * pace * self.hypermodel.epoch_cost(config)
+
+    def _median_stop(self, config: Config, hp: kt.HyperParameters) -> list[MedianStop]:
+        """tune.median_stop (not for asha and hyperband, whose rungs already stop the worse trials): the callback."""
+        if not config.tune.median_stop or "tuner/epochs" in hp.values:
+            return []
+        monitor = self.hypermodel.monitor()
+        curves = [[row[monitor] for row in r["history"] if monitor in row] for r in self.finished_results()]
+        return [MedianStop(monitor, curves)]
+
     def on_trial_end(self, trial: kt.engine.trial.Trial) -> None:
         super().on_trial_end(trial)  # the oracle records the score and saves its state
         if self.on_trial_done is not None:
@@ -155,6 +216,8 @@ class SearchTuner(base_tuner.BaseTuner):
 
     def on_search_begin(self) -> None:
         self.save()  # the tuner's state exists from the start: a search killed in its first trial resumes too
+        if not self._is_worker():
+            self.publish_deadline()
         # Everything alive now (TensorFlow, Keras, the prepared images) lives through the search: moving it out of
         # the collector's sight makes the collection between trials cost milliseconds instead of ~0.3 s.
         gc.collect()

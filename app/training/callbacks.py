@@ -1,11 +1,13 @@
-"""Keras callbacks the standard set lacks: an atomic, resumable best-model checkpoint and a resumable history CSV."""
+"""Keras callbacks the standard set lacks: an atomic, resumable best-model checkpoint, a resumable history CSV, the
+best weights kept in memory, and a wall-clock limit."""
 
 from __future__ import annotations
 
 import json
 import os
+import time
 import warnings
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 
 import keras
@@ -126,3 +128,32 @@ class BestWeights(keras.callbacks.Callback):
     def restore(self) -> None:
         if self._weights is not None:
             whole_model(self.model).set_weights(self._weights)
+
+
+class TimeLimit(keras.callbacks.Callback):
+    """Stop training at the end of the first epoch that ends after `ends_at` (a `time.time()` instant): a run's
+    `train.max_minutes`, a search's `tune.max_minutes`. An epoch is never cut short; `stopped_epoch` (1-based) says
+    where it stopped, None while it has not."""
+
+    def __init__(self, ends_at: float | Callable[[], float | None]):
+        super().__init__()
+        self._ends_at = ends_at
+        self.stopped_epoch: int | None = None
+
+    @classmethod
+    def after_minutes(cls, minutes: float | None) -> TimeLimit | None:
+        """A limit `minutes` from now, or None without one."""
+        return None if minutes is None else cls(time.time() + minutes * 60)
+
+    @property
+    def ends_at(self) -> float | None:
+        return self._ends_at() if callable(self._ends_at) else self._ends_at
+
+    def passed(self) -> bool:
+        ends_at = self.ends_at
+        return ends_at is not None and time.time() >= ends_at
+
+    def on_epoch_end(self, epoch: int, logs: dict | None = None) -> None:
+        if self.passed():
+            self.model.stop_training = True
+            self.stopped_epoch = epoch + 1

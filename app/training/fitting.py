@@ -25,9 +25,11 @@ from app.config import Config, ConfigError, ScheduleConfig
 from app.data import Datasets, PreparedData
 from app.models import create_model, is_backbone
 from app.models.backbones import find_backbone, freeze_backbone, unfreeze_model
-from app.training.callbacks import check_plateau_callbacks, monitor_mode
+from app.training.callbacks import TimeLimit, check_plateau_callbacks, monitor_mode
 from app.training.features import head_on_features, uses_cached_features
+from app.training.mixing import mix_batches, mixes_labels
 from app.training.optimization import make_loss_and_metrics, make_optimizer
+from app.training.progressive import ProgressiveResizing
 from app.training.schedules import Schedule, make_schedule
 
 log = logging.getLogger(__name__)
@@ -82,8 +84,8 @@ def build_model(config: Config, num_classes: int, multilabel: bool) -> keras.Mod
 def compile_model(model: keras.Model, config: Config, learning_rate: Any, multilabel: bool) -> None:
     """The configured optimizer at `learning_rate` (a number or schedule), and the loss and metrics for the label type."""
     tc = config.train
-    loss, metrics = make_loss_and_metrics(multilabel, tc.label_smoothing)
-    model.compile(optimizer=make_optimizer(tc.optimizer, learning_rate, tc.weight_decay, tc.momentum), loss=loss, metrics=metrics)
+    loss, metrics = make_loss_and_metrics(multilabel, tc.label_smoothing, soft_labels=mixes_labels(config))
+    model.compile(optimizer=make_optimizer(tc.optimizer, learning_rate, tc.weight_decay, tc.momentum, ema=tc.ema), loss=loss, metrics=metrics)
     # Create the optimizer's slots now, eagerly: created inside the first traced train step instead, TensorFlow 2.21
     # keeps their initialisers (16 graph functions for a 3-layer model) for the life of the process, whatever
     # clear_session does: ~4 MB per model, which a search of many trials would pile up.
@@ -140,13 +142,16 @@ def fit_stages(
     restore_best: Callable[[], None] | None = None,
     finished: Callable[[Stage], int | None] | None = None,
     initial_epoch: int = 0,
+    time_limit: TimeLimit | None = None,
 ) -> dict[str, int]:
     """One `model.fit` per stage on `datasets` (made from `data`, which gives the class weights and label type),
     epochs numbered across stages; returns the epochs each stage ran.
 
     `stage_callbacks(stage)` adds a caller's per-stage callbacks before `callbacks` and the standard ones (early
     stopping, plateau); `restore_best()` loads the best weights so far before stage 2; `finished(stage)` returns the
-    last epoch of a stage that an interrupted run already finished (it is skipped), or None."""
+    last epoch of a stage that an interrupted run already finished (it is skipped), or None. `time_limit` stops
+    the fit at the end of the epoch that passes it, and a later stage that would start after it does not. The training
+    recipe of the config (MixUp, CutMix, weight EMA, progressive resizing) is applied here, to every caller's fit."""
     strategy = strategy or tf.distribute.get_strategy()
     epoch, stage_epochs = initial_epoch, {}
     for stage in stages:
@@ -154,15 +159,22 @@ def fit_stages(
         if last is not None:
             stage_epochs[stage.name], epoch = last - epoch, last
             continue
+        if time_limit is not None and time_limit.passed() and stage_epochs:  # a later stage; the first always trains
+            stage_epochs[stage.name] = 0
+            continue
         set_trainable(model, stage, config)
         if stage.name != "train" and restore_best is not None:
             restore_best()  # stage 2 starts from the best weights of stage 1
         fitted, train_data, val_data = model, datasets.train, datasets.val
+        recipe: list[keras.callbacks.Callback] = []
         if uses_cached_features(model, config, stage.name, strategy.num_replicas_in_sync):
             fitted, train_data, val_data = head_on_features(model, config, data, datasets)  # the head alone, on features computed once
+        else:
+            train_data, recipe = _with_recipe(train_data, config, data, stage, epoch)
         with strategy.scope():
             compile_model(fitted, config, stage.lr, data.multilabel)
-        stage_cbs = [*(stage_callbacks(stage) if stage_callbacks else []), *callbacks, *standard_callbacks(config, stage, epoch)]
+        stage_cbs = _ordered([*(stage_callbacks(stage) if stage_callbacks else []), *callbacks, *standard_callbacks(config, stage, epoch)], config, recipe)
+        stage_cbs += [time_limit] if time_limit is not None else []
         check_plateau_callbacks(stage_cbs, fitted.optimizer, stage.schedule.name)
         keras_compat.reset_initial_epoch(fitted)  # a restore in an earlier stage's fit must not carry over
         history = fitted.fit(
@@ -182,3 +194,27 @@ def fit_stages(
             last = restored if restored is not None else epoch
         stage_epochs[stage.name], epoch = last - epoch, last
     return stage_epochs
+
+
+def _with_recipe(
+    train_data: tf.data.Dataset, config: Config, data: PreparedData, stage: Stage, first_epoch: int
+) -> tuple[tf.data.Dataset, list[keras.callbacks.Callback]]:
+    """The training batches of a stage fitted on images, mixed (train.mixup, train.cutmix) and, in stage 1, resized
+    progressively (train.progressive_from, with the callback that sets each epoch's size)."""
+    tc = config.train
+    train_data = mix_batches(train_data, data.num_classes, data.multilabel, tc.mixup, tc.cutmix, config.seed)
+    if stage.name != "train" or tc.progressive_from is None:
+        return train_data, []
+    resizing = ProgressiveResizing(config, stage.epochs, first_epoch)
+    return resizing.resize(train_data), [resizing]
+
+
+def _ordered(callbacks: list[keras.callbacks.Callback], config: Config, recipe: list[keras.callbacks.Callback]) -> list[keras.callbacks.Callback]:
+    """`callbacks` with the recipe's first and, with train.ema, Keras' SwapEMAWeights after BackupAndRestore (which
+    then saves the raw weights and their average, as they are) and before everything else, so that validation,
+    checkpoints and the best weights kept all see the averaged weights."""
+    if config.train.ema is None:
+        return [*recipe, *callbacks]
+    backups = [cb for cb in callbacks if isinstance(cb, keras.callbacks.BackupAndRestore)]
+    others = [cb for cb in callbacks if not isinstance(cb, keras.callbacks.BackupAndRestore)]
+    return [*recipe, *backups, keras.callbacks.SwapEMAWeights(swap_on_epoch=True), *others]

@@ -37,7 +37,7 @@ from app.devices import is_chief, make_strategy, precision_policy
 from app.inference.prediction import predict_probs
 from app.plots import plot_history, plot_lr_schedule
 from app.reports import write_report
-from app.training.callbacks import BestModelCheckpoint, HistoryCSV
+from app.training.callbacks import BestModelCheckpoint, HistoryCSV, TimeLimit
 from app.training.fitting import Stage, build_model, compile_model, fit_stages, plan_stages, seed_everything, set_trainable
 from pipelines.augment import build_transform, save_transform
 
@@ -78,6 +78,7 @@ def _train(
     config: Config, strategy: tf.distribute.Strategy, callbacks: Sequence[keras.callbacks.Callback], data: PreparedData | None, started: float
 ) -> TrainResult:
     seed_everything(config.seed, config.train.deterministic)
+    time_limit = TimeLimit.after_minutes(config.train.max_minutes)  # counted from here: reading the data is part of the run
     size = (config.data.image_size, config.data.image_size)
     transforms = {"train": build_transform(config.augment.train, size), "eval": build_transform(config.augment.eval, size)}  # before any work
     data = data or prepare_data(config)
@@ -109,6 +110,7 @@ def _train(
                     stage_callbacks=lambda stage: _run_callbacks(run_dir, stage, checkpoint, config.output.tensorboard),
                     restore_best=lambda: checkpoint.restore(model),
                     finished=lambda stage: _finished_stage(run_dir, stage),
+                    time_limit=time_limit,
                 )
             history = _read_history(run_dir / "history.csv")
             best = runs.load_model_file(model_path)
@@ -121,7 +123,7 @@ def _train(
                 "best_epoch": state["best_epoch"],
                 "epochs_run": len(history.get("loss", [])),
                 "stage_epochs": fit_history,
-                "stopped": _stop_reason(config, stages, fit_history, state["best_epoch"]),
+                "stopped": _stop_reason(config, stages, fit_history, state["best_epoch"], time_limit),
                 "monitor": {config.train.monitor: state["best"]},
                 "train_images": len(data.train),
                 "val_images": len(data.val),
@@ -146,8 +148,14 @@ def _write_val_predictions(path: Path, images: Any, probs: np.ndarray) -> None:
     atomic_write(path, lambda p: frame.to_csv(p, index=False, float_format="%.6f"))
 
 
-def _stop_reason(config: Config, stages: list[Stage], stage_epochs: dict[str, int], best_epoch: int) -> str:
+def _stop_reason(config: Config, stages: list[Stage], stage_epochs: dict[str, int], best_epoch: int, time_limit: TimeLimit | None = None) -> str:
     """Why the run ended, in words (metrics.json `stopped`, printed by the CLI)."""
+    if time_limit is not None and time_limit.stopped_epoch is not None:
+        planned = sum(stage.epochs for stage in stages)
+        return (
+            f"stopped at the time limit (train.max_minutes={config.train.max_minutes:g}) after epoch {time_limit.stopped_epoch} of {planned}; "
+            f"the best epoch by {config.train.monitor}, {best_epoch}, is kept"
+        )
     done = 0
     for stage in stages:
         ran = stage_epochs.get(stage.name, stage.epochs)

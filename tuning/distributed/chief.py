@@ -335,11 +335,15 @@ def stop_local_workers(local: list[LocalWorker], grace: float = 10.0) -> None:
 def serve_search(opened: Session, host: str, port: int, workers: int, accept_remote: bool, progress: Callable[[str], None]) -> dict[str, Any]:
     """Be the chief: serve the oracle, start `workers` local worker processes, and follow the search to its end."""
     tuner = opened.tuner
+    running: dict[str, float] = {}  # worker -> when its trial started
+    busy = [0.0]  # seconds of trials run, summed over workers
 
     def begun(worker: str, trial: kt.engine.trial.Trial) -> None:
+        running[worker] = time.monotonic()
         progress(f"trial {trial.trial_id} started on {worker}")
 
     def ended(worker: str, trial: kt.engine.trial.Trial) -> None:
+        busy[0] += time.monotonic() - running.pop(worker, time.monotonic())
         tuner.save()  # the chief's clock (tune.max_minutes over resumes)
         if trial.status == "INVALID":  # released or failed once: the oracle runs it again
             reason = ((trial.message or "").strip().splitlines() or ["no reason given"])[-1][:160]
@@ -350,6 +354,7 @@ def serve_search(opened: Session, host: str, port: int, workers: int, accept_rem
     servicer = ChiefServicer(tuner.oracle, begun, ended)
     local: list[LocalWorker] = []
     tuner.save()
+    tuner.publish_deadline()  # the workers' trials stop at tune.max_minutes too
     server, port = start_server(servicer, host, port)
     address = f"{'127.0.0.1' if host in ('0.0.0.0', '::') else host}:{port}"
     announce(opened, progress, f"; chief at {host}:{port}")
@@ -357,9 +362,9 @@ def serve_search(opened: Session, host: str, port: int, workers: int, accept_rem
         local = start_local_workers(workers, address, opened.search_dir / CONFIG_FILE, opened.search_dir, opened.search_dir / WORKER_LOGS)
         for worker in local:
             progress(f"{worker.tuner_id}: pid {worker.process.pid}, cores {','.join(map(str, worker.cores))}, log {worker.log}")
-        chief_cpu = time.process_time()
+        chief_cpu, serving = time.process_time(), time.monotonic()
         serve(servicer, local, accept_remote, opened.config.tune.worker_timeout, progress)
-        chief_cpu = time.process_time() - chief_cpu
+        chief_cpu, serving = time.process_time() - chief_cpu, time.monotonic() - serving
     finally:
         stop_local_workers(local)
         server.stop(grace=1.0)
@@ -370,4 +375,6 @@ def serve_search(opened: Session, host: str, port: int, workers: int, accept_rem
         "oracle_requests": dict(servicer.requests),
         "chief_cpu_seconds": round(chief_cpu, 2),
         "ignored_reports": servicer.ignored_reports,
+        # local workers' time not spent in a trial (starting, preparing data, waiting for a trial): the idle share
+        "workers_idle_share": round(1.0 - busy[0] / (workers * serving), 3) if workers and serving > 0 and not accept_remote else None,
     }
