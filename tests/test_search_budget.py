@@ -21,6 +21,7 @@ from tuning import parse_space, search
 from tuning.hypermodels import make_hypermodel
 from tuning.oracles import MAX_UNAFFORDABLE_IN_A_ROW, ASHAOracle, RandomOracle, rung_epochs
 from tuning.results import SUMMARY_FILE, TRIALS_FILE
+from tuning.space import rung_image_size
 from tuning.stopping import MIN_TRIALS, MedianStop
 from tuning.tuner import DEADLINE_FILE, SearchTuner
 
@@ -160,25 +161,31 @@ def test_an_asha_search_records_rungs_and_its_best_yaml_trains_the_most_epochs(t
     assert "best trial" in result.best_config.read_text() and any("rung 1: epochs 1-3" in line for line in lines)
     summary = (result.search_dir / SUMMARY_FILE).read_text()
     assert "trials per rung (epochs 1, 3): rung 0: 3, rung 1: 1" in summary
+    trial = promoted["trial"]
+    assert json.loads((result.search_dir / f"trial_{trial}" / "result.json").read_text())["rung_epochs"] == 3
+    events = b"".join(p.read_bytes() for p in (result.search_dir / "tensorboard" / f"trial_{trial}").glob("events.out.tfevents.*"))
+    assert b"rung_epochs" in events  # TensorBoard's HParams show each trial's budget
 
 
 def test_asha_rungs_may_grow_the_image_size_and_continue_the_weights(tiny_config: Config) -> None:
-    config = tune_config(tiny_config, "tune.tuner=asha", "tune.max_trials=3", "train.epochs=3", "tune.rung_scales=[0.5, 1.0]")
+    config = tune_config(tiny_config, "tune.tuner=asha", "tune.max_trials=3", "train.epochs=3", "tune.first_rung_scale=0.5")
     result = search(config, progress=lambda line: None)
     table = result.trials.set_index("rung")
     assert list(table.loc[0, "image_size"]) == [16, 16, 16] and table.loc[1, "image_size"] == 32
     assert load_config(result.best_config).data.image_size == 32  # the final run trains at full size
 
 
+@pytest.mark.parametrize("epochs,scale,sizes", [(9, 0.5, [32, 48, 64]), (3, 0.5, [32, 64]), (27, 0.25, [16, 32, 48, 64]), (1, 0.5, [64]), (9, 1.0, [64] * 3)])
+def test_rung_image_sizes_grow_evenly_to_full_size(epochs: int, scale: float, sizes: list[int]) -> None:
+    config = load_config(overrides=["data.image_size=64", f"train.epochs={epochs}", "tune.tuner=asha", f"tune.first_rung_scale={scale}"])
+    assert [rung_image_size(config, rung) for rung in range(len(sizes))] == sizes
+
+
 @pytest.mark.parametrize(
     "overrides,message",
     [
-        (["tune.rung_scales=[0.5, 1.0]"], "tune.rung_scales: rungs are asha's"),
-        (
-            ["tune.tuner=asha", "train.epochs=3", "tune.rung_scales=[0.5, 0.75]"],
-            "expected 2 shares of data.image_size, one per rung (epochs 1, 3), growing to 1.0",
-        ),
-        (["tune.tuner=asha", "train.epochs=9", "tune.rung_scales=[0.5, 1.0]"], "expected 3 shares"),
+        (["tune.first_rung_scale=0.5"], "tune.first_rung_scale: rungs are asha's"),
+        (["tune.tuner=asha", "tune.first_rung_scale=0"], "tune.first_rung_scale: 0.0 must be a share of data.image_size in (0, 1]"),
         (["tune.tuner=asha", "tune.min_epochs=5", "train.epochs=3"], "tune.min_epochs: 5 must be in 1..train.epochs (3)"),
     ],
 )

@@ -23,6 +23,7 @@ TESTED = ((1, 4, 8), (1, 5))  # [lowest, highest) KerasTuner versions whose inte
 OVERRIDDEN = {
     (base_tuner.BaseTuner, "_populate_initial_space"): (),
     (kt.oracles.RandomSearchOracle, "_random_values"): (),
+    (kt.Oracle, "_random_values"): (),  # ASHAOracle draws its new networks with the base oracle's own
     (kt.oracles.BayesianOptimizationOracle, "_random_populate_space"): (),
     (kt.oracles.BayesianOptimizationOracle, "_vectorize_trials"): (),
     (kt.oracles.BayesianOptimizationOracle, "_vector_to_values"): ("vector",),

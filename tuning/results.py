@@ -133,7 +133,12 @@ def plot_scores(table: pd.DataFrame, objective: str, path: Path) -> None:
         order = np.arange(1, len(table) + 1)[table["status"].to_numpy() == "COMPLETED"]
         scores = done[objective].to_numpy(dtype=float)
         running = np.maximum.accumulate(scores) if _maximise(objective) else np.minimum.accumulate(scores)
-        ax.plot(order, scores, "o", label="trial")
+        if "rung" in done:  # asha, hyperband: one colour per rung (its trials had more epochs to score)
+            for rung in sorted(done["rung"].dropna().unique()):
+                here = done["rung"].to_numpy() == rung
+                ax.plot(order[here], scores[here], "o", label=f"rung {int(rung)} ({int(done['epochs'][here].max())} epochs at most)")
+        else:
+            ax.plot(order, scores, "o", label="trial")
         ax.step(order, running, where="post", color="red", label="best so far")
         ax.legend()
     else:

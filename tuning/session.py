@@ -88,7 +88,8 @@ def open_session(
     oracle = make_oracle(config.tune, seed, config.train.epochs)
     tuner = SearchTuner(oracle, hypermodel, search_dir, data_for, max_seconds=config.tune.max_minutes * 60 if config.tune.max_minutes else None)
     names = results.searched_names(tuner.oracle)
-    hparams = results.HParamsLog(search_dir / results.TENSORBOARD_DIR, names, [config.tune.objective])
+    rungs = ["rung", "rung_epochs"] if config.tune.tuner in ("asha", "hyperband") else []  # each trial's budget, shown beside its values
+    hparams = results.HParamsLog(search_dir / results.TENSORBOARD_DIR, [*names, *rungs], [config.tune.objective])
     opened = Session(config, space, seed, search_dir, resumed, hypermodel, tuner, names, hparams)
 
     def trial_done(tuner: SearchTuner, trial: kt.engine.trial.Trial, worker: str | None = None) -> None:
@@ -172,4 +173,5 @@ def log_hparams(hparams: results.HParamsLog | None, tuner: SearchTuner, trial: k
     if hparams is None or not result_path.is_file():
         return
     result = json.loads(result_path.read_text())
-    hparams.trial(trial.trial_id, result["hyperparameters"], result["history"], result["metrics"])
+    budget = {key: result[key] for key in ("rung", "rung_epochs") if key in result}
+    hparams.trial(trial.trial_id, {**result["hyperparameters"], **budget}, result["history"], result["metrics"])

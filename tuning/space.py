@@ -211,26 +211,23 @@ def check_final_settings(config: Config) -> None:
 
 
 def rung_image_size(config: Config, rung: int) -> int:
-    """asha: the image size of `rung`, tune.rung_scales of data.image_size (a multiple of 4, 8 pixels at least)."""
-    scales = config.tune.rung_scales
-    if not scales:
-        return config.data.image_size
-    return config.data.image_size if scales[rung] == 1.0 else max(8, round(config.data.image_size * scales[rung] / 4) * 4)
+    """asha: the image size of `rung`: from tune.first_rung_scale x data.image_size at the lowest rung, evenly up to
+    data.image_size at the top one (multiples of 4 in between, 8 pixels at least)."""
+    tune, full = config.tune, config.data.image_size
+    top = len(rung_epochs(min(tune.min_epochs, config.train.epochs), config.train.epochs, max(2, tune.reduction_factor))) - 1
+    if tune.first_rung_scale == 1.0 or rung >= top:
+        return full
+    scale = tune.first_rung_scale + (1.0 - tune.first_rung_scale) * rung / top
+    return max(8, round(full * scale / 4) * 4)
 
 
-def check_rung_scales(config: Config) -> None:
-    """tune.rung_scales: for asha, one share of data.image_size per rung, growing, the last 1; ConfigError names it."""
-    scales, tune = config.tune.rung_scales, config.tune
-    if not scales:
-        return
-    rungs = rung_epochs(min(tune.min_epochs, config.train.epochs), config.train.epochs, max(2, tune.reduction_factor))
-    expected = f"{len(rungs)} shares of data.image_size, one per rung (epochs {', '.join(map(str, rungs))}), growing to 1.0"
-    if tune.tuner != "asha":
-        raise ConfigError("config key tune.rung_scales: rungs are asha's. Fix: tune.tuner=asha, or rung_scales=[] (every trial at data.image_size)")
-    if len(scales) != len(rungs) or scales[-1] != 1.0 or scales != sorted(scales) or min(scales) <= 0:
-        raise ConfigError(
-            f"config key tune.rung_scales: {scales}; expected {expected}, e.g. {[round(0.5 + 0.5 * k / max(1, len(rungs) - 1), 2) for k in range(len(rungs))]}"
-        )
+def check_rung_scale(config: Config) -> None:
+    """tune.first_rung_scale: a share in (0, 1], for asha only; ConfigError names it."""
+    scale = config.tune.first_rung_scale
+    if not 0.0 < scale <= 1.0:
+        raise ConfigError(f"config key tune.first_rung_scale: {scale} must be a share of data.image_size in (0, 1] (e.g. 0.5)")
+    if scale != 1.0 and config.tune.tuner != "asha":
+        raise ConfigError("config key tune.first_rung_scale: rungs are asha's. Fix: tune.tuner=asha, or first_rung_scale=1.0")
 
 
 def parse_space(config: Config) -> SearchSpace:
@@ -254,7 +251,7 @@ def parse_space(config: Config) -> SearchSpace:
     check_final_settings(config)
     if tune.reduction_factor < 2:
         raise ConfigError(f"config key tune.reduction_factor: {tune.reduction_factor} must be >= 2")
-    check_rung_scales(config)
+    check_rung_scale(config)
     if not 1 <= tune.min_epochs <= config.train.epochs:
         raise ConfigError(f"config key tune.min_epochs: {tune.min_epochs} must be in 1..train.epochs ({config.train.epochs}), the lowest and highest rungs")
     for key in ("worker_timeout", "connect_timeout"):

@@ -169,6 +169,8 @@ class SearchTuner(base_tuner.BaseTuner):
             "epoch_cost": self.hypermodel.epoch_cost(config),
             "stopped": stopped,
         }
+        if "tuner/round" in hp.values:  # asha, hyperband: the rung, and the epochs it trains up to
+            facts.update(rung=int(hp.values["tuner/round"]), rung_epochs=int(hp.values["tuner/epochs"]))
         if self._is_worker():  # a distributed search: which worker ran it
             facts["worker"] = self.tuner_id
         values = {k: v for k, v in hp.values.items() if k not in HYPERBAND_KEYS and hp.is_active(k)}

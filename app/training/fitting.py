@@ -165,12 +165,7 @@ def fit_stages(
         set_trainable(model, stage, config)
         if stage.name != "train" and restore_best is not None:
             restore_best()  # stage 2 starts from the best weights of stage 1
-        fitted, train_data, val_data = model, datasets.train, datasets.val
-        recipe: list[keras.callbacks.Callback] = []
-        if uses_cached_features(model, config, stage.name, strategy.num_replicas_in_sync):
-            fitted, train_data, val_data = head_on_features(model, config, data, datasets)  # the head alone, on features computed once
-        else:
-            train_data, recipe = _with_recipe(train_data, config, data, stage, epoch)
+        fitted, train_data, val_data, recipe = _stage_inputs(model, config, stage, datasets, data, epoch, strategy.num_replicas_in_sync)
         with strategy.scope():
             compile_model(fitted, config, stage.lr, data.multilabel)
         stage_cbs = _ordered([*(stage_callbacks(stage) if stage_callbacks else []), *callbacks, *standard_callbacks(config, stage, epoch)], config, recipe)
@@ -194,6 +189,17 @@ def fit_stages(
             last = restored if restored is not None else epoch
         stage_epochs[stage.name], epoch = last - epoch, last
     return stage_epochs
+
+
+def _stage_inputs(
+    model: keras.Model, config: Config, stage: Stage, datasets: Datasets, data: PreparedData, first_epoch: int, replicas: int
+) -> tuple[keras.Model, tf.data.Dataset, tf.data.Dataset | None, list[keras.callbacks.Callback]]:
+    """(model fitted, training batches, validation batches, the recipe's callbacks) of a stage: the head alone on
+    features computed once (a frozen backbone's stage 1), or the model on images with the training recipe."""
+    if uses_cached_features(model, config, stage.name, replicas):
+        return (*head_on_features(model, config, data, datasets), [])
+    train_data, recipe = _with_recipe(datasets.train, config, data, stage, first_epoch)
+    return model, train_data, datasets.val, recipe
 
 
 def _with_recipe(
