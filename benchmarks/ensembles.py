@@ -29,7 +29,7 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 sys.path.insert(0, str(REPO / "benchmarks"))
 
-from search_quality import split_holdout  # noqa: E402
+from quality import split_holdout  # noqa: E402
 
 from app.config import load_config  # noqa: E402
 from app.data import load_labeled  # noqa: E402

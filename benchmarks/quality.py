@@ -40,6 +40,7 @@ import keras  # noqa: E402
 import numpy as np  # noqa: E402
 from keras import layers  # noqa: E402
 from sklearn.metrics import log_loss  # noqa: E402
+from sklearn.model_selection import train_test_split  # noqa: E402
 
 from app.config import load_config  # noqa: E402
 from app.data import load_labeled  # noqa: E402
@@ -62,6 +63,21 @@ def link_tree(images: ImageSet, target: Path) -> Path:
         link.parent.mkdir(parents=True, exist_ok=True)
         link.symlink_to(Path(path).resolve())
     return target
+
+
+def split_holdout(source: Path, work: Path, fraction: float, seed: int, limit: int | None) -> tuple[Path, Path]:
+    """work/train/<class>/ and work/holdout/<class>/ as symbolic links to the images of `source`."""
+    images = from_folder(source)
+    paths, labels = list(images.paths), list(images.labels)
+    if limit:
+        paths, _, labels, _ = train_test_split(paths, labels, train_size=limit, stratify=labels, random_state=seed)
+    kept, held, kept_labels, held_labels = train_test_split(paths, labels, test_size=fraction, stratify=labels, random_state=seed)
+    for name, group, group_labels in (("train", kept, kept_labels), ("holdout", held, held_labels)):
+        for path, label in zip(group, group_labels):
+            target = work / name / images.class_names[label] / Path(path).name
+            target.parent.mkdir(parents=True, exist_ok=True)
+            target.symlink_to(Path(path).resolve())
+    return work / "train", work / "holdout"
 
 
 def make_set(name: str, work: Path, holdout: float, seed: int, limit: int | None) -> tuple[Path, Path]:
