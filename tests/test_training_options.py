@@ -160,6 +160,14 @@ def test_multiworker_strategy_from_tf_config(folder_dataset: Path, tmp_path: Pat
     assert json.loads(done.stdout.strip().splitlines()[-1])["epochs_run"] == 2
 
 
+def test_a_time_limit_is_refused_with_several_workers(folder_dataset: Path, tmp_path: Path):
+    """Each worker would stop at its own clock's epoch, and the others would wait for it forever."""
+    overrides = [f"data.train={folder_dataset}", "data.image_size=32", "train.distribute=multiworker", "train.max_minutes=5", f"output.dir={tmp_path}"]
+    done = subprocess.run([sys.executable, "-c", MULTIWORKER, *overrides], check=False, cwd=REPO, capture_output=True, text=True, timeout=300)
+    assert done.returncode != 0 and "config key train.max_minutes: not with several workers (multiworker)" in done.stderr
+    assert not list(tmp_path.glob("*/model.keras"))  # refused before training
+
+
 TWO_WORKERS = """
 import json, os, sys
 index, ports, weights_path = int(sys.argv[1]), sys.argv[2].split(","), sys.argv[3]

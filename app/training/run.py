@@ -31,7 +31,7 @@ import tensorflow as tf
 
 from app import runs
 from app.atomic import atomic_write, write_json
-from app.config import Config, dump_config
+from app.config import Config, ConfigError, dump_config
 from app.data import PreparedData, make_datasets, make_tf_dataset, prepare_data
 from app.devices import is_chief, make_strategy, precision_policy
 from app.inference.prediction import predict_probs
@@ -78,6 +78,9 @@ def _train(
     config: Config, strategy: tf.distribute.Strategy, callbacks: Sequence[keras.callbacks.Callback], data: PreparedData | None, started: float
 ) -> TrainResult:
     seed_everything(config.seed, config.train.deterministic)
+    if config.train.max_minutes is not None and isinstance(strategy, tf.distribute.MultiWorkerMirroredStrategy):
+        # each worker would read its own clock, and one stopping an epoch before the others leaves them waiting forever
+        raise ConfigError("config key train.max_minutes: not with several workers (multiworker). Fix: null, and train.epochs to size the run")
     time_limit = TimeLimit.after_minutes(config.train.max_minutes)  # counted from here: reading the data is part of the run
     size = (config.data.image_size, config.data.image_size)
     transforms = {"train": build_transform(config.augment.train, size), "eval": build_transform(config.augment.eval, size)}  # before any work
