@@ -136,7 +136,7 @@ def plot_scores(table: pd.DataFrame, objective: str, path: Path) -> None:
         if "rung" in done:  # asha, hyperband: one colour per rung (its trials had more epochs to score)
             for rung in sorted(done["rung"].dropna().unique()):
                 here = done["rung"].to_numpy() == rung
-                ax.plot(order[here], scores[here], "o", label=f"rung {int(rung)} ({int(done['epochs'][here].max())} epochs at most)")
+                ax.plot(order[here], scores[here], "o", label=f"rung {int(rung)}")
         else:
             ax.plot(order, scores, "o", label="trial")
         ax.step(order, running, where="post", color="red", label="best so far")
@@ -196,7 +196,8 @@ def write_summary(oracle: Any, table: pd.DataFrame, search_dir: Path, facts: dic
     ]
     if "rung" in table:
         rungs = ", ".join(f"rung {int(r)}: {n}" for r, n in table["rung"].value_counts().sort_index().items())
-        lines.append(f"- trials per rung (epochs {', '.join(map(str, getattr(oracle, 'rungs', [])))}): {rungs}")
+        epochs = f" (epochs {', '.join(map(str, oracle.rungs))})" if hasattr(oracle, "rungs") else ""
+        lines.append(f"- trials per rung{epochs}: {rungs}")
     if best is not None:
         lines.append(f"- best: {objective} = {best.score:.4f} (trial {best.trial_id}): `imgclf train -c {search_dir / BEST_FILE}`")
     lines += ["", "## Best trials", ""]
