@@ -7,6 +7,8 @@ import os
 os.environ.setdefault("NO_ALBUMENTATIONS_UPDATE", "1")
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
+import subprocess  # noqa: E402
+import sys  # noqa: E402
 from pathlib import Path  # noqa: E402
 
 import numpy as np  # noqa: E402
@@ -172,3 +174,25 @@ def weights_file(tmp_path: Path) -> Path:
     path = tmp_path / "vgg16_backbone.weights.h5"
     make_backbone("vgg16", (32, 32, 3), weights=None).save_weights(path)
     return path
+
+
+def start_cli_search(data: Path, out: Path, *settings: str) -> subprocess.Popen:
+    """`imgclf tune` on `data` at 32 px into `out`, as a user starts it, in its own process group (to be SIGKILLed
+    whole) and with the same command again (`cli_search_args`) to resume it."""
+    return subprocess.Popen(
+        cli_search_args(data, out, *settings), cwd=REPO, env=CLI_ENV, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True
+    )
+
+
+def rerun_cli_search(data: Path, out: Path, *settings: str, timeout: float = 900) -> subprocess.CompletedProcess:
+    """The same command as `start_cli_search`, run to its end, its output captured."""
+    return subprocess.run(cli_search_args(data, out, *settings), cwd=REPO, env=CLI_ENV, capture_output=True, text=True, timeout=timeout, check=False)
+
+
+def cli_search_args(data: Path, out: Path, *settings: str) -> list[str]:
+    common = ["data.image_size=32", "data.batch_size=4"]
+    return [sys.executable, "-m", "app", "tune", f"--set=data.train={data}", *[f"--set={s}" for s in [*common, *settings]], f"--set=output.dir={out}"]
+
+
+REPO = Path(__file__).resolve().parents[1]
+CLI_ENV = {**os.environ, "NO_ALBUMENTATIONS_UPDATE": "1", "TF_CPP_MIN_LOG_LEVEL": "3"}

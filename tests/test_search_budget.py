@@ -6,8 +6,6 @@ import json
 import os
 import re
 import signal
-import subprocess
-import sys
 import time
 from pathlib import Path
 
@@ -17,6 +15,7 @@ import pandas as pd
 import pytest
 
 from app.config import Config, ConfigError, load_config
+from tests.conftest import rerun_cli_search, start_cli_search
 from tuning import parse_space, search
 from tuning.hypermodels import make_hypermodel
 from tuning.oracles import MAX_UNAFFORDABLE_IN_A_ROW, ASHAOracle, RandomOracle, rung_epochs
@@ -25,7 +24,6 @@ from tuning.space import rung_image_size
 from tuning.stopping import MIN_TRIALS, MedianStop
 from tuning.tuner import DEADLINE_FILE, SearchTuner
 
-REPO = Path(__file__).resolve().parents[1]
 SMALL_SPACE = ["tune.space.blocks={min: 1, max: 2}", "tune.space.filters=[4, 8]", "tune.space.repeats=1", "tune.space.augment=none"]
 
 
@@ -250,24 +248,8 @@ def test_final_minutes_is_the_final_runs_time_limit(tiny_config: Config) -> None
 def test_a_killed_asha_search_resumes_its_promotion(tiny_config: Config, tmp_path: Path) -> None:
     """SIGKILL during the first promotion; the same command again runs it again and finishes the search."""
     out = tmp_path / "runs"
-    args = [
-        sys.executable,
-        "-m",
-        "app",
-        "tune",
-        *[f"--set={o}" for o in SMALL_SPACE],
-        f"--set=data.train={tiny_config.data.train}",
-        "--set=data.image_size=32",
-        "--set=data.batch_size=4",
-        "--set=train.epochs=30",
-        "--set=tune.min_epochs=1",
-        "--set=tune.reduction_factor=30",
-        "--set=tune.tuner=asha",
-        "--set=tune.max_trials=30",
-        f"--set=output.dir={out}",
-    ]
-    env = {**os.environ, "NO_ALBUMENTATIONS_UPDATE": "1", "TF_CPP_MIN_LOG_LEVEL": "3"}
-    process = subprocess.Popen(args, cwd=REPO, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
+    settings = [*SMALL_SPACE, "train.epochs=30", "tune.min_epochs=1", "tune.reduction_factor=30", "tune.tuner=asha", "tune.max_trials=30"]
+    process = start_cli_search(tiny_config.data.train, out, *settings)
     deadline = time.monotonic() + 300
     promotion = None
     while time.monotonic() < deadline and process.poll() is None and promotion is None:
@@ -284,7 +266,7 @@ def test_a_killed_asha_search_resumes_its_promotion(tiny_config: Config, tmp_pat
     assert not (folder / "search.json").exists() and not (promotion / "result.json").exists()
     before = {p.parent.name: p.stat().st_mtime_ns for p in folder.glob("trial_*/result.json")}
 
-    done = subprocess.run(args, cwd=REPO, env=env, capture_output=True, text=True, timeout=900, check=False)
+    done = rerun_cli_search(tiny_config.data.train, out, *settings, timeout=900)
     assert done.returncode == 0, done.stderr[-2000:]
     assert "resuming the search" in done.stdout
     assert all((folder / name / "result.json").stat().st_mtime_ns == mtime for name, mtime in before.items())  # not trained again

@@ -5,8 +5,6 @@ from __future__ import annotations
 import json
 import os
 import signal
-import subprocess
-import sys
 import time
 from pathlib import Path
 
@@ -20,13 +18,13 @@ from app.config import Config, ConfigError, ConvBlock, load_config
 from app.models import create_model
 from app.models.geometry import baseline_geometry
 from app.training.run import train
+from tests.conftest import rerun_cli_search, start_cli_search
 from tuning import parse_space, search
 from tuning.hypermodels import make_hypermodel
 from tuning.oracles import BayesianOracle, ValidProposals, default_initial_points, make_oracle
 from tuning.results import BEST_FILE, HYPERPARAMETERS_PLOT, SCORES_PLOT, SUMMARY_FILE, TENSORBOARD_DIR, TRIALS_FILE
 from tuning.tuner import SearchTuner
 
-REPO = Path(__file__).resolve().parents[1]
 # A small space over tiny models: a trial is a second or two on 32 px images.
 SMALL_SPACE = [
     "tune.space.blocks={min: 1, max: 2}",
@@ -399,23 +397,8 @@ def test_a_named_search_directory_of_another_search_is_refused(tiny_config: Conf
 def test_a_killed_search_resumes_without_redoing_finished_trials(tiny_config: Config, tmp_path: Path) -> None:
     """SIGKILL in the middle of the second trial; the same command again finishes the search from there."""
     out = tmp_path / "runs"
-    args = [
-        sys.executable,
-        "-m",
-        "app",
-        "tune",
-        *[f"--set={o}" for o in SMALL_SPACE],
-        f"--set=data.train={tiny_config.data.train}",
-        "--set=data.image_size=32",
-        "--set=data.batch_size=4",
-        "--set=data.val_fraction=0.25",
-        "--set=train.epochs=6",
-        "--set=tune.max_trials=3",
-        "--set=tune.space.filters=[16, 32]",
-        f"--set=output.dir={out}",
-    ]
-    env = {**os.environ, "NO_ALBUMENTATIONS_UPDATE": "1", "TF_CPP_MIN_LOG_LEVEL": "3"}
-    process = subprocess.Popen(args, cwd=REPO, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
+    settings = [*SMALL_SPACE, "data.val_fraction=0.25", "train.epochs=6", "tune.max_trials=3", "tune.space.filters=[16, 32]"]
+    process = start_cli_search(tiny_config.data.train, out, *settings)
     deadline = time.monotonic() + 240
     first_result = None
     while time.monotonic() < deadline and process.poll() is None:
@@ -432,7 +415,7 @@ def test_a_killed_search_resumes_without_redoing_finished_trials(tiny_config: Co
     assert not (folder / "search.json").exists() and not (folder / "trial_1" / "result.json").exists()  # killed mid-trial
     first_written = first_result.stat().st_mtime_ns
 
-    done = subprocess.run(args, cwd=REPO, env=env, capture_output=True, text=True, timeout=600, check=False)
+    done = rerun_cli_search(tiny_config.data.train, out, *settings, timeout=600)
     assert done.returncode == 0, done.stderr[-2000:]
     assert f"search directory: {folder}" in done.stdout and "resuming the search" in done.stdout
     assert first_result.stat().st_mtime_ns == first_written  # trial 0 was not trained again

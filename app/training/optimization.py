@@ -31,22 +31,6 @@ def make_optimizer(
     return optimizer
 
 
-@keras.saving.register_keras_serializable(package="imgclf")
-class SparseCategoricalCrossentropySmoothed(keras.losses.Loss):
-    """Cross-entropy from integer labels with label smoothing (Keras' sparse loss has no smoothing option)."""
-
-    def __init__(self, label_smoothing: float = 0.1, name: str = "sparse_categorical_crossentropy_smoothed", **kwargs):
-        super().__init__(name=name, **kwargs)
-        self.label_smoothing = float(label_smoothing)
-
-    def call(self, y_true, y_pred):
-        onehot = ops.one_hot(ops.cast(ops.reshape(y_true, (-1,)), "int32"), ops.shape(y_pred)[-1], dtype=y_pred.dtype)
-        return keras.losses.categorical_crossentropy(onehot, y_pred, label_smoothing=self.label_smoothing)
-
-    def get_config(self) -> dict:
-        return {**super().get_config(), "label_smoothing": self.label_smoothing}
-
-
 def _as_vectors(y_true, y_pred):
     """Label vectors as they are; class numbers ([B] or [B, 1]) as one-hot vectors. Decided on static shapes."""
     classes = y_pred.shape[-1]
@@ -68,6 +52,15 @@ class CrossentropyOfAnyLabels(keras.losses.Loss):
 
     def get_config(self) -> dict:
         return {**super().get_config(), "label_smoothing": self.label_smoothing}
+
+
+@keras.saving.register_keras_serializable(package="imgclf")
+class SparseCategoricalCrossentropySmoothed(CrossentropyOfAnyLabels):
+    """Cross-entropy from integer labels with label smoothing (Keras' sparse loss has no smoothing option): the same
+    loss under the name runs have compiled and saved it with."""
+
+    def __init__(self, label_smoothing: float = 0.1, name: str = "sparse_categorical_crossentropy_smoothed", **kwargs):
+        super().__init__(label_smoothing=label_smoothing, name=name, **kwargs)
 
 
 def accuracy_of_any_labels(y_true, y_pred):
