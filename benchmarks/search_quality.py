@@ -137,6 +137,10 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     limit, minutes = (120, 1.0) if args.quick else (None, args.minutes)
     sets = (args.sets or ("digits" if args.quick else ",".join(SETS))).split(",")
+    for given, known, flag in ((sets, SETS, "--sets"), (args.arms.split(","), tuple(ARMS), "--arms")):
+        unknown = [name for name in given if name not in known]
+        if unknown:
+            parser.error(f"{flag}: unknown {', '.join(unknown)}; choose from {', '.join(known)}")
     report: dict[str, Any] = {"minutes": minutes, "search_share": args.search_share, "seed": args.seed, "overrides": args.overrides, "sets": {}}
     work = Path(tempfile.mkdtemp(prefix="imgclf-search-quality-"))
     try:

@@ -143,3 +143,10 @@ def test_finetune_benchmark_quick_run(tmp_path: Path):
     assert found["search"]["trials"] == 2 and found["search"]["best"]["image_size"] in (96, 128)
     same_time = found["finetune_yaml_same_time"]
     assert 1 <= same_time["stages"]["finetune"]["epochs"] <= same_time["planned_finetune_epochs"] and isinstance(found["search_wins"], bool)
+
+
+def test_search_quality_refuses_an_unknown_set_or_arm_in_one_line():
+    cases = (("--sets", "flower", "--sets: unknown flower; choose from flowers, hymenoptera, digits"), ("--arms", "shiped", "--arms: unknown shiped"))
+    for flag, value, message in cases:
+        done = subprocess.run([sys.executable, "benchmarks/search_quality.py", flag, value], cwd=REPO, capture_output=True, text=True, timeout=300, check=False)
+        assert done.returncode == 2 and message in done.stderr.strip().splitlines()[-1]
