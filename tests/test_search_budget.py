@@ -14,10 +14,10 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from app.config import Config, ConfigError, load_config
+from app.config import Config, ConfigError, load_config, to_dict
 from tests.conftest import rerun_cli_search, start_cli_search
 from tuning import parse_space, search
-from tuning.hypermodels import make_hypermodel
+from tuning.hypermodels import make_hypermodel, scaled_rungs
 from tuning.oracles import MAX_UNAFFORDABLE_IN_A_ROW, ASHAOracle, RandomOracle, rung_epochs
 from tuning.results import SUMMARY_FILE, TRIALS_FILE
 from tuning.space import rung_image_size
@@ -148,7 +148,7 @@ def test_the_median_rule_stops_a_trial_below_the_finished_trials_median() -> Non
 
 
 def test_an_asha_search_records_rungs_and_its_best_yaml_trains_the_most_epochs(tiny_config: Config) -> None:
-    config = tune_config(tiny_config, "tune.tuner=asha", "tune.max_trials=3", "train.epochs=3", "tune.reduction_factor=3")
+    config = tune_config(tiny_config, "tune.tuner=asha", "tune.max_trials=3", "train.epochs=3", "tune.reduction_factor=3", "tune.trial_budget=epochs")
     lines: list[str] = []
     result = search(config, progress=lines.append)
     table = result.trials
@@ -163,6 +163,33 @@ def test_an_asha_search_records_rungs_and_its_best_yaml_trains_the_most_epochs(t
     assert json.loads((result.search_dir / f"trial_{trial}" / "result.json").read_text())["rung_epochs"] == 3
     events = b"".join(p.read_bytes() for p in (result.search_dir / "tensorboard" / f"trial_{trial}").glob("events.out.tfevents.*"))
     assert b"rung_epochs" in events  # TensorBoard's HParams show each trial's budget
+
+
+@pytest.mark.parametrize("factor,own", [(1.0, [1, 3, 9]), (2.0, [2, 6, 18]), (4.0, [4, 12, 36]), (0.5, [1, 2, 4]), (0.1, [1, 2, 3])])
+def test_asha_rungs_in_a_networks_own_epochs_scale_and_always_grow(factor: float, own: list[int]) -> None:
+    assert scaled_rungs([1, 3, 9], factor) == own
+
+
+def test_asha_under_a_compute_budget_gives_a_cheaper_network_more_epochs_and_promotions_continue_them(tiny_config: Config) -> None:
+    config = tune_config(tiny_config, "tune.tuner=asha", "tune.max_trials=3", "train.epochs=3", "tune.trial_budget=compute")
+    lines: list[str] = []
+    result = search(config, progress=lines.append)
+    hypermodel = make_hypermodel(config, parse_space(config), 3, False, 18)
+    oracle = ASHAOracle(max_trials=3, max_epochs=3, objective=kt.Objective("val_accuracy", "max"))
+    tuner = SearchTuner(oracle, hypermodel, result.search_dir, data_for=None)  # reloads the finished search
+    table = result.trials.set_index(result.trials["trial"].astype(int))
+    for trial_id, trial in tuner.oracle.trials.items():
+        hp = trial.hyperparameters
+        own = scaled_rungs([1, 3], hypermodel.epoch_factor(to_dict(hypermodel.config_for(hp))))
+        rung = hp.values["tuner/round"]
+        assert hypermodel.epoch_span(hp) == ((own[0] if rung else 0), own[rung])
+        assert table.loc[int(trial_id), "epochs"] == own[rung]  # what it trained (no early stop at 3 epochs and up)
+    factors = {hypermodel.epoch_factor(to_dict(hypermodel.config_for(t.hyperparameters))) for t in tuner.oracle.trials.values()}
+    assert max(factors) > 1  # the space's networks are cheaper than the config's own: they got more epochs
+    promoted = table[table["rung"] == 1].iloc[0]
+    parent = table.loc[int(promoted["continues"])]
+    assert any(f"rung 1: epochs {int(parent['epochs'])}-{int(promoted['epochs'])} of trial" in line for line in lines)
+    assert "each network's own in proportion to its cost" in (result.search_dir / SUMMARY_FILE).read_text()
 
 
 def test_asha_rungs_may_grow_the_image_size_and_continue_the_weights(tiny_config: Config) -> None:

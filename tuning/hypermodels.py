@@ -26,7 +26,7 @@ from app.models.backbones import size_problem
 from app.models.geometry import baseline_geometry, conv_macs, shape_problem
 from app.training.callbacks import BestWeights, TimeLimit
 from app.training.fitting import build_model, compile_model, fit_stages, plan_stages, set_trainable
-from tuning.space import RECIPE_KEYS, REPORT_OBJECTIVES, Entry, SearchSpace, rung_image_size
+from tuning.space import RECIPE_KEYS, REPORT_OBJECTIVES, Entry, SearchSpace, config_rungs, rung_image_size
 
 HYPERBAND_KEYS = ("tuner/epochs", "tuner/initial_epoch", "tuner/bracket", "tuner/round", "tuner/trial_id")
 
@@ -62,20 +62,9 @@ class ConfigHyperModel(kt.HyperModel):
         """The complete config of a trial; `for_training`: of the final run (best.yaml), which trains for
         `final_epochs` (from tune.final_minutes), tune.final_epochs, or train.epochs (Hyperband's max_epochs)
         instead of the trial's epochs, with tune.final's settings written over the trial's."""
-        tree = to_dict(self.base)
-        self.declare_model(hp, tree)
-        self._declare(hp, tree, "dropout", "model.dropout")
-        self._declare(hp, tree, "optimizer", "train.optimizer")
-        self._declare(hp, tree, "learning_rate", "train.learning_rate")
-        self._declare(hp, tree, "augment", "augment.train")
-        self._declare(hp, tree, "label_smoothing", "train.label_smoothing")
-        self._declare(hp, tree, "batch_size", "data.batch_size")
-        for key, path in RECIPE_KEYS.items():  # the training recipe: 0 means off
-            if self._declare(hp, tree, key, path) == 0 and key in ("ema", "progressive_from"):
-                _set(tree, path, None)
-        self._declare_schedule(hp, tree)
-        if "tuner/epochs" in hp.values and not for_training:  # asha, hyperband: this rung trains up to tuner/epochs
-            tree["train"]["epochs"] = int(hp.values["tuner/epochs"])
+        tree = self._declared_tree(hp)
+        if "tuner/epochs" in hp.values and not for_training:  # asha, hyperband: this rung trains up to its last epoch
+            tree["train"]["epochs"] = self._rung_span(hp, tree)[1]
             tree["data"]["image_size"] = rung_image_size(self.base, int(hp.values.get("tuner/round", 0)))  # asha's second fidelity
         elif not for_training:
             tree["train"]["epochs"] = self.trial_epochs(tree)
@@ -88,13 +77,50 @@ class ConfigHyperModel(kt.HyperModel):
         tree["output"]["name"] = None
         return from_dict(Config, tree)
 
+    def _declared_tree(self, hp: kt.HyperParameters) -> dict[str, Any]:
+        """The base config's tree with every hyperparameter of `hp` written in (epochs and rung size not yet)."""
+        tree = to_dict(self.base)
+        self.declare_model(hp, tree)
+        self._declare(hp, tree, "dropout", "model.dropout")
+        self._declare(hp, tree, "optimizer", "train.optimizer")
+        self._declare(hp, tree, "learning_rate", "train.learning_rate")
+        self._declare(hp, tree, "augment", "augment.train")
+        self._declare(hp, tree, "label_smoothing", "train.label_smoothing")
+        self._declare(hp, tree, "batch_size", "data.batch_size")
+        for key, path in RECIPE_KEYS.items():  # the training recipe: 0 means off
+            if self._declare(hp, tree, key, path) == 0 and key in ("ema", "progressive_from"):
+                _set(tree, path, None)
+        self._declare_schedule(hp, tree)
+        return tree
+
+    def epoch_span(self, hp: kt.HyperParameters) -> tuple[int, int]:
+        """The epoch a trial starts from (an asha or hyperband promotion continues its parent's) and the epoch it
+        trains up to, in the network's own epochs."""
+        tree = self._declared_tree(hp)
+        return self._rung_span(hp, tree) if "tuner/epochs" in hp.values else (0, self.trial_epochs(tree))
+
+    def _rung_span(self, hp: kt.HyperParameters, tree: dict[str, Any]) -> tuple[int, int]:
+        """asha's rungs are epochs of the reference network: with tune.trial_budget compute, each network trains
+        its own epochs in proportion (a cheaper one more), so that a rung compares networks at about equal compute,
+        as the final run, held to minutes, will. Hyperband's rounds stay in plain epochs."""
+        values = hp.values
+        if self.base.tune.tuner != "asha":
+            return int(values.get("tuner/initial_epoch", 0)), int(values["tuner/epochs"])
+        own = scaled_rungs(config_rungs(self.base), self.epoch_factor(tree))
+        rung = int(values.get("tuner/round", 0))
+        return (own[rung - 1] if rung else 0), own[rung]
+
     def declare_model(self, hp: kt.HyperParameters, tree: dict[str, Any]) -> None:
         """The model's own hyperparameters, written into the config tree (each subclass declares its own)."""
         raise NotImplementedError(f"{type(self).__name__} must declare its model's hyperparameters")
 
     def trial_epochs(self, tree: dict[str, Any]) -> int:
-        """Epochs of a trial: train.epochs (subclasses that know a network's cost scale it)."""
-        return int(tree["train"]["epochs"])
+        """Epochs of a trial: train.epochs, scaled by `epoch_factor`."""
+        return max(1, round(int(tree["train"]["epochs"]) * self.epoch_factor(tree)))
+
+    def epoch_factor(self, tree: dict[str, Any]) -> float:
+        """How many of this network's epochs cost one of the reference's (subclasses that know a network's cost say)."""
+        return 1.0
 
     def declare_hyperparameters(self, hp: kt.HyperParameters) -> None:
         """Declare the whole space without building a model (KerasTuner calls this before the first trial)."""
@@ -179,7 +205,7 @@ class ConfigHyperModel(kt.HyperModel):
         config = dataclasses.replace(config, train=dataclasses.replace(config.train, verbose=0))  # the search prints one line per trial
         stages = plan_stages(config, data.steps_per_epoch(config.data.batch_size))
         best = BestWeights(self.monitor())
-        initial_epoch = int(hp.values.get("tuner/initial_epoch", 0))
+        initial_epoch = self.epoch_span(hp)[0]
         if initial_epoch:  # a Hyperband promotion: continue the same schedule from where the last round stopped
             stages = [dataclasses.replace(stages[0], epochs=stages[0].epochs - initial_epoch)]
             callbacks = [ScheduleFrom(initial_epoch * data.steps_per_epoch(config.data.batch_size)), *callbacks]
@@ -211,15 +237,28 @@ MAX_EPOCH_FACTOR = 4  # a cheap network trains at most this many times the refer
 FIXED_COST_SHARE = 0.2  # per-image work that does not shrink with the network (input pipeline, BN, pooling), as a share of the reference's convolutions
 
 
-def compute_epochs(epochs: int, reference_macs: int, macs: int) -> int:
-    """Epochs that cost about what `epochs` of the reference network cost. The cost of an epoch is modelled as the
-    network's convolution multiply-accumulates plus a fixed share of the reference's (measured on 2 cores at 64 px:
-    epochs of 11, 53, 155 and 271 million MACs took 4.5, 6.0, 19.5 and 25.4 s; taking the 155-million network as the
-    reference, the model predicts 4.4, 8.8 and 31.7 s for the others: a rough cost model that orders networks
-    rightly, not a timer)."""
+def compute_factor(reference_macs: int, macs: int) -> float:
+    """Epochs of a network that cost about one epoch of the reference, at most MAX_EPOCH_FACTOR. The cost of an epoch
+    is modelled as the network's convolution multiply-accumulates plus a fixed share of the reference's (measured on
+    2 cores at 64 px: epochs of 11, 53, 155 and 271 million MACs took 4.5, 6.0, 19.5 and 25.4 s; taking the 155-million
+    network as the reference, the model predicts 4.4, 8.8 and 31.7 s for the others: a rough cost model that orders
+    networks rightly, not a timer)."""
     fixed = FIXED_COST_SHARE * reference_macs
-    scaled = epochs * (reference_macs + fixed) / (macs + fixed)
-    return int(min(max(1, round(scaled)), MAX_EPOCH_FACTOR * epochs))
+    return min(float(MAX_EPOCH_FACTOR), (reference_macs + fixed) / (macs + fixed))
+
+
+def compute_epochs(epochs: int, reference_macs: int, macs: int) -> int:
+    """Epochs that cost about what `epochs` of the reference network cost (one at least)."""
+    return max(1, round(epochs * compute_factor(reference_macs, macs)))
+
+
+def scaled_rungs(rungs: Sequence[int], factor: float) -> list[int]:
+    """asha's rungs in a network's own epochs: each times `factor`, and at least one epoch past the rung below (a
+    promotion always trains)."""
+    own: list[int] = []
+    for epochs in rungs:
+        own.append(max(round(epochs * factor), own[-1] + 1 if own else 1))
+    return own
 
 
 def grown_filters(first: int, growth: float, index: int) -> int:
@@ -298,16 +337,16 @@ class BaselineHyperModel(ConfigHyperModel):
     def model_problem(self, config: Config) -> str | None:
         return shape_problem(baseline_geometry(config.model.blocks, config.data.image_size), config.tune.min_feature_size)
 
-    def trial_epochs(self, tree: dict[str, Any]) -> int:
-        """tune.trial_budget compute: train.epochs for a network as costly as the config's own model.blocks, and
-        proportionally more (up to MAX_EPOCH_FACTOR times) for a cheaper one: trials are compared at about the same
-        training time, as the final run will be, instead of cheap networks being judged before they have learned."""
-        epochs = int(tree["train"]["epochs"])
+    def epoch_factor(self, tree: dict[str, Any]) -> float:
+        """tune.trial_budget compute: a network as costly as the config's own model.blocks trains train.epochs (or
+        asha's rung epochs), a cheaper one proportionally more (up to MAX_EPOCH_FACTOR times), a costlier one fewer:
+        trials are compared at about the same training time, as the final run will be, instead of cheap networks
+        being judged before they have learned. Measured at the trial's full image size (asha's rungs may be smaller)."""
         if self.base.tune.trial_budget != "compute":
-            return epochs
+            return 1.0
         size = int(tree["data"]["image_size"])
         blocks = [ConvBlock(**b) if isinstance(b, dict) else b for b in tree["model"]["blocks"]]
-        return compute_epochs(epochs, conv_macs(self.base.model.blocks, size), conv_macs(blocks, size))
+        return compute_factor(conv_macs(self.base.model.blocks, size), conv_macs(blocks, size))
 
     def epoch_cost(self, config: Config) -> float:
         """Convolution multiply-accumulates per epoch plus the fixed share (`compute_epochs`' cost model)."""

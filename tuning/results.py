@@ -196,7 +196,9 @@ def write_summary(oracle: Any, table: pd.DataFrame, search_dir: Path, facts: dic
     ]
     if "rung" in table:
         rungs = ", ".join(f"rung {int(r)}: {n}" for r, n in table["rung"].value_counts().sort_index().items())
-        epochs = f" (epochs {', '.join(map(str, oracle.rungs))})" if hasattr(oracle, "rungs") else ""
+        compute = facts.get("trial_budget") == "compute" and facts["tuner"] == "asha"
+        scaled = ", each network's own in proportion to its cost: trials.csv epochs" if compute else ""
+        epochs = f" (epochs {', '.join(map(str, oracle.rungs))}{scaled})" if hasattr(oracle, "rungs") else ""
         lines.append(f"- trials per rung{epochs}: {rungs}")
     if best is not None:
         lines.append(f"- best: {objective} = {best.score:.4f} (trial {best.trial_id}): `imgclf train -c {search_dir / BEST_FILE}`")

@@ -41,7 +41,8 @@ def progress_line(tuner: SearchTuner, trial: kt.engine.trial.Trial, total: int, 
     values = trial.hyperparameters.values
     if "tuner/epochs" in values:
         source = f" of trial {values['tuner/trial_id']}" if values.get("tuner/trial_id") else ""
-        shown = f"rung {values.get('tuner/round', 0)}: epochs {values['tuner/initial_epoch']}-{values['tuner/epochs']}{source}  " + shown
+        first, last = tuner.hypermodel.epoch_span(trial.hyperparameters)
+        shown = f"rung {values.get('tuner/round', 0)}: epochs {first}-{last}{source}  " + shown
     score = (
         f"{objective}={trial.score:.4f}"
         if trial.status == "COMPLETED" and trial.score is not None
@@ -114,6 +115,7 @@ def finish_session(opened: Session, job: ResumableDir, facts: dict[str, Any], st
     table = results.write_trials(tuner.oracle, opened.hypermodel, search_dir)
     facts = {
         "tuner": config.tune.tuner,
+        "trial_budget": config.tune.trial_budget,
         "seed": opened.seed,
         **facts,
         "image_size": config.data.image_size,

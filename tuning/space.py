@@ -210,11 +210,17 @@ def check_final_settings(config: Config) -> None:
         raise ConfigError(f"config key tune.final: {exc}") from None
 
 
+def config_rungs(config: Config) -> list[int]:
+    """asha's rungs for this config: tune.min_epochs, x tune.reduction_factor, ... up to train.epochs."""
+    tune = config.tune
+    return rung_epochs(min(tune.min_epochs, config.train.epochs), config.train.epochs, max(2, tune.reduction_factor))
+
+
 def rung_image_size(config: Config, rung: int) -> int:
     """asha: the image size of `rung`: from tune.first_rung_scale x data.image_size at the lowest rung, evenly up to
     data.image_size at the top one (multiples of 4 in between, 8 pixels at least)."""
     tune, full = config.tune, config.data.image_size
-    top = len(rung_epochs(min(tune.min_epochs, config.train.epochs), config.train.epochs, max(2, tune.reduction_factor))) - 1
+    top = len(config_rungs(config)) - 1
     if tune.first_rung_scale == 1.0 or rung >= top:
         return full
     scale = tune.first_rung_scale + (1.0 - tune.first_rung_scale) * rung / top

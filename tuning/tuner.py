@@ -170,7 +170,7 @@ class SearchTuner(base_tuner.BaseTuner):
             "stopped": stopped,
         }
         if "tuner/round" in hp.values:  # asha, hyperband: the rung, and the epochs it trains up to
-            facts.update(rung=int(hp.values["tuner/round"]), rung_epochs=int(hp.values["tuner/epochs"]))
+            facts.update(rung=int(hp.values["tuner/round"]), rung_epochs=config.train.epochs)  # the network's own epochs
         if self._is_worker():  # a distributed search: which worker ran it
             facts["worker"] = self.tuner_id
         values = {k: v for k, v in hp.values.items() if k not in HYPERBAND_KEYS and hp.is_active(k)}
@@ -199,8 +199,9 @@ class SearchTuner(base_tuner.BaseTuner):
             return None
         pace = statistics.median(statistics.median(r["epoch_seconds"][1:] or r["epoch_seconds"]) / r["epoch_cost"] for r in done)
         fixed = statistics.median(max(0.0, r["seconds"] - sum(r["epoch_seconds"])) for r in done)
-        config = self.hypermodel.config_for(self.hyperparameters_of(values))
-        epochs = config.train.epochs + config.finetune.epochs - int(values.get("tuner/initial_epoch", 0))
+        hp = self.hyperparameters_of(values)
+        config = self.hypermodel.config_for(hp)
+        epochs = config.train.epochs + config.finetune.epochs - self.hypermodel.epoch_span(hp)[0]
         return fixed + epochs * pace * self.hypermodel.epoch_cost(config)
 
     def _median_stop(self, config: Config, hp: kt.HyperParameters) -> list[MedianStop]:
