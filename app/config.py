@@ -313,7 +313,7 @@ class TuneConfig:
     reduction_factor: int = 3  # asha, hyperband: 1/factor of the trials go on to each next rung; train.epochs is the most a trial gets
     min_epochs: int = 1  # asha: epochs of the lowest rung (then min_epochs x factor, ... up to train.epochs)
     first_rung_scale: float = 1.0  # asha: the lowest rung's image size, a share of data.image_size, growing evenly to 1 at the top
-    trial_budget: str = "compute"  # compute: trials get train.epochs x (model.blocks' cost / theirs) epochs; epochs: train.epochs each
+    trial_budget: str = "compute"  # compute: trials (asha: rungs) get train.epochs x (model.blocks' cost / theirs) epochs; epochs: as set
     final_epochs: int | None = None  # train.epochs of best.yaml (the final run, --then-train); null: train.epochs
     final_minutes: float | None = None  # instead: as many epochs as fit in this many minutes at the best trial's pace, and its time limit
     final: dict[str, Any] | None = field(default_factory=dict)  # the final run's own settings, a partial config: {augment: {train: heavy}}

@@ -4,6 +4,7 @@ search (configs/search.yaml, random), an asha search (benchmarks/configs/search_
     .venv/bin/python benchmarks/search_quality.py                               # 3 sets x 3 arms x 40 min: ~6 hours
     .venv/bin/python benchmarks/search_quality.py --sets flowers --minutes 20   # one set, shorter budgets
     .venv/bin/python benchmarks/search_quality.py --arms shipped,asha --set tune.min_epochs=3   # an asha variant
+    .venv/bin/python benchmarks/search_quality.py --sets flowers --minutes 20 --arms final_ema  # weight EMA in the final run
     .venv/bin/python benchmarks/search_quality.py --quick                       # a smoke run on a few images
 
 Per set (flowers and hymenoptera at 64 px, digits at 32 px), in one run:
@@ -16,7 +17,9 @@ Per set (flowers and hymenoptera at 64 px, digits at 32 px), in one run:
      its cosine schedule ends near M, early stopping off. Each arm may overrun by one epoch;
   3. scored on the hold-out set (accuracy, log-loss), with each arm's seconds; for the searches, the networks judged
      (distinct configurations trained), per minute of search, and the trials at each rung.
-`--set` overrides apply to the asha search only (the candidate; the shipped one is the reference).
+Arms: `shipped` (configs/search.yaml), `asha` (benchmarks/configs/search_asha.yaml), `example`, and `final_ema`
+(search.yaml with weight EMA in the final run, tune.final; not run by default). `--set` overrides apply to the
+candidates (every search arm but `shipped`, the reference).
 """
 
 from __future__ import annotations
@@ -48,7 +51,13 @@ from benchmarks.quality import SIZES, make_set  # noqa: E402
 from tuning import search, train_best  # noqa: E402
 from tuning.hypermodels import HYPERBAND_KEYS  # noqa: E402
 
-ARMS = {"shipped": "search", "asha": str(REPO / "benchmarks" / "configs" / "search_asha.yaml"), "example": "example"}
+ARMS: dict[str, tuple[str, list[str]]] = {  # a search arm: its config and overrides (example trains example.yaml)
+    "shipped": ("search", []),
+    "asha": (str(REPO / "benchmarks" / "configs" / "search_asha.yaml"), []),
+    "final_ema": ("search", ["tune.final={augment: {train: heavy}, train: {ema: 0.99}}"]),  # search.yaml, weight EMA in the final run
+    "example": ("example", []),
+}
+DEFAULT_ARMS = "shipped,asha,example"
 SETS = ("flowers", "hymenoptera", "digits")
 
 
@@ -73,6 +82,7 @@ def run_search(config_name: str, base: list[str], minutes: float, share: float, 
     networks = distinct_networks(result.search_dir)
     return {
         "config": config_name,
+        "overrides": overrides,
         "seconds": round(seconds, 1),
         "search_seconds": round(searched, 1),
         "final_run_seconds": round(seconds - searched, 1),
@@ -126,12 +136,12 @@ def run_example(base: list[str], minutes: float, holdout: Path) -> dict[str, Any
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--sets", default=None, help=f"comma-separated, of {', '.join(SETS)} (default: all; --quick: digits)")
-    parser.add_argument("--arms", default=",".join(ARMS), help=f"comma-separated, of {', '.join(ARMS)}")
+    parser.add_argument("--arms", default=DEFAULT_ARMS, help=f"comma-separated, of {', '.join(ARMS)} (default: {DEFAULT_ARMS})")
     parser.add_argument("--minutes", type=float, default=40.0, help="each arm's wall time: search and final run together")
     parser.add_argument("--search-share", type=float, default=0.375, help="the search's share of a search arm's minutes (15 of 40)")
     parser.add_argument("--holdout", type=float, default=0.15)
     parser.add_argument("--seed", type=int, default=42)
-    parser.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE", help="override the asha search's config")
+    parser.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE", help="override the candidates' configs (not shipped's)")
     parser.add_argument("--quick", action="store_true", help="120 digits, a 1-minute budget per arm: checks that the script runs")
     parser.add_argument("--output", default=str(REPO / "benchmarks" / "results" / "search_quality.json"))
     args = parser.parse_args(argv)
@@ -157,8 +167,9 @@ def main(argv: list[str] | None = None) -> int:
                 if arm == "example":
                     arms[arm] = run_example(base, minutes, holdout)
                 else:
-                    extra = args.overrides if arm == "asha" else []
-                    arms[arm] = run_search(ARMS[arm], base, minutes, args.search_share, extra, holdout)
+                    config_name, own = ARMS[arm]
+                    extra = [*own, *(args.overrides if arm != "shipped" else [])]
+                    arms[arm] = run_search(config_name, base, minutes, args.search_share, extra, holdout)
                 print(f"{name} {arm}: {json.dumps(arms[arm]['holdout'])} in {arms[arm]['seconds']:.0f} s", flush=True)
             report["sets"][name] = arms
         out = Path(args.output)

@@ -206,7 +206,7 @@ class ConfigHyperModel(kt.HyperModel):
         stages = plan_stages(config, data.steps_per_epoch(config.data.batch_size))
         best = BestWeights(self.monitor())
         initial_epoch = self.epoch_span(hp)[0]
-        if initial_epoch:  # a Hyperband promotion: continue the same schedule from where the last round stopped
+        if initial_epoch:  # a promotion (asha, hyperband): continue the same schedule from where the last rung stopped
             stages = [dataclasses.replace(stages[0], epochs=stages[0].epochs - initial_epoch)]
             callbacks = [ScheduleFrom(initial_epoch * data.steps_per_epoch(config.data.batch_size)), *callbacks]
         with make_datasets(config, data) as datasets:
