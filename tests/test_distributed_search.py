@@ -297,7 +297,8 @@ def test_ctrl_c_stops_the_chief_and_its_workers(tiny_config: Config, tmp_path: P
 
 @pytest.mark.slow
 def test_asha_with_two_local_workers_promotes_and_reports_their_idle_share(tiny_config: Config) -> None:
-    config = search_config(tiny_config, "tune.tuner=asha", "tune.max_trials=6", "train.epochs=3", "tune.reduction_factor=3")
+    # rungs in plain epochs: the compute budget's own epochs are test_search_budget's
+    config = search_config(tiny_config, "tune.tuner=asha", "tune.max_trials=6", "train.epochs=3", "tune.reduction_factor=3", "tune.trial_budget=epochs")
     result = search(config, workers=2, progress=Progress())
     table = trials_of(result.search_dir)
     assert (table["status"] == "COMPLETED").all() and (table["rung"] == 0).sum() == 6 and (table["rung"] == 1).sum() >= 2
