@@ -103,10 +103,10 @@ class ConfigHyperModel(kt.HyperModel):
         """asha's rungs are epochs of the reference network: with tune.trial_budget compute, each network trains
         its own epochs in proportion (a cheaper one more), so that a rung compares networks at about equal compute,
         as the final run, held to minutes, will. Hyperband's rounds stay in plain epochs."""
-        values = hp.values
-        if self.base.tune.tuner != "asha":
+        values, factor = hp.values, self.epoch_factor(tree)
+        if self.base.tune.tuner != "asha" or factor == 1.0:
             return int(values.get("tuner/initial_epoch", 0)), int(values["tuner/epochs"])
-        own = scaled_rungs(config_rungs(self.base), self.epoch_factor(tree))
+        own = scaled_rungs(config_rungs(self.base), factor)
         rung = int(values.get("tuner/round", 0))
         return (own[rung - 1] if rung else 0), own[rung]
 
