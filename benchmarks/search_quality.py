@@ -5,6 +5,7 @@ search (configs/search.yaml, random), an asha search (benchmarks/configs/search_
     .venv/bin/python benchmarks/search_quality.py --sets flowers --minutes 20   # one set, shorter budgets
     .venv/bin/python benchmarks/search_quality.py --arms shipped,asha --set tune.min_epochs=3   # an asha variant
     .venv/bin/python benchmarks/search_quality.py --sets flowers --minutes 20 --arms final_ema  # weight EMA in the final run
+    .venv/bin/python benchmarks/search_quality.py --sets flowers --minutes 20 --arms shipped,final_mixup
     .venv/bin/python benchmarks/search_quality.py --quick                       # a smoke run on a few images
 
 Per set (flowers and hymenoptera at 64 px, digits at 32 px), in one run:
@@ -17,8 +18,9 @@ Per set (flowers and hymenoptera at 64 px, digits at 32 px), in one run:
      its cosine schedule ends near M, early stopping off. Each arm may overrun by one epoch;
   3. scored on the hold-out set (accuracy, log-loss), with each arm's seconds; for the searches, the networks judged
      (distinct configurations trained), per minute of search, and the trials at each rung.
-Arms: `shipped` (configs/search.yaml), `asha` (benchmarks/configs/search_asha.yaml), `example`, and `final_ema`
-(search.yaml with weight EMA in the final run, tune.final; not run by default). `--set` overrides apply to the
+Arms: `shipped` (configs/search.yaml), `asha` (benchmarks/configs/search_asha.yaml), `example`, and, not run by
+default, search.yaml with one recipe key added to the final run (tune.final): `final_ema` (weight EMA 0.99),
+`final_mixup` (MixUp, alpha 0.2), `final_cutmix` (CutMix, factor 1). `--set` overrides apply to the
 candidates (every search arm but `shipped`, the reference).
 """
 
@@ -55,6 +57,8 @@ ARMS: dict[str, tuple[str, list[str]]] = {  # a search arm: its config and overr
     "shipped": ("search", []),
     "asha": (str(REPO / "benchmarks" / "configs" / "search_asha.yaml"), []),
     "final_ema": ("search", ["tune.final={augment: {train: heavy}, train: {ema: 0.99}}"]),  # search.yaml, weight EMA in the final run
+    "final_mixup": ("search", ["tune.final={augment: {train: heavy}, train: {mixup: 0.2}}"]),  # ... MixUp (alpha 0.2) in the final run
+    "final_cutmix": ("search", ["tune.final={augment: {train: heavy}, train: {cutmix: 1.0}}"]),  # ... CutMix (factor 1) in the final run
     "example": ("example", []),
 }
 DEFAULT_ARMS = "shipped,asha,example"
