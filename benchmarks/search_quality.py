@@ -4,7 +4,7 @@ search (configs/search.yaml, random), an asha search (benchmarks/configs/search_
     .venv/bin/python benchmarks/search_quality.py                               # 3 sets x 3 arms x 40 min: ~6 hours
     .venv/bin/python benchmarks/search_quality.py --sets flowers --minutes 20   # one set, shorter budgets
     .venv/bin/python benchmarks/search_quality.py --arms shipped,asha --set tune.min_epochs=3   # an asha variant
-    .venv/bin/python benchmarks/search_quality.py --sets flowers --minutes 20 --arms final_ema  # weight EMA in the final run
+    .venv/bin/python benchmarks/search_quality.py --sets flowers --minutes 20 --arms final_ema  # EMA in the final run
     .venv/bin/python benchmarks/search_quality.py --sets flowers --minutes 20 --arms shipped,final_mixup
     .venv/bin/python benchmarks/search_quality.py --quick                       # a smoke run on a few images
 
@@ -20,7 +20,9 @@ Per set (flowers and hymenoptera at 64 px, digits at 32 px), in one run:
      (distinct configurations trained), per minute of search, and the trials at each rung.
 Arms: `shipped` (configs/search.yaml), `asha` (benchmarks/configs/search_asha.yaml), `example`, and, not run by
 default, search.yaml with one recipe key added to the final run (tune.final): `final_ema` (weight EMA 0.99),
-`final_mixup` (MixUp, alpha 0.2), `final_cutmix` (CutMix, factor 1). `--set` overrides apply to the
+`final_mixup` (MixUp, alpha 0.2), `final_cutmix` (CutMix, factor 1), `final_progressive` (progressive resizing from
+half the set's image size); `random_compute` (search.yaml with `tune.trial_budget: compute` and 4 epochs of the
+reference network: trials compared at equal compute). `--set` overrides apply to the
 candidates (every search arm but `shipped`, the reference).
 """
 
@@ -59,6 +61,8 @@ ARMS: dict[str, tuple[str, list[str]]] = {  # a search arm: its config and overr
     "final_ema": ("search", ["tune.final={augment: {train: heavy}, train: {ema: 0.99}}"]),  # search.yaml, weight EMA in the final run
     "final_mixup": ("search", ["tune.final={augment: {train: heavy}, train: {mixup: 0.2}}"]),  # ... MixUp (alpha 0.2) in the final run
     "final_cutmix": ("search", ["tune.final={augment: {train: heavy}, train: {cutmix: 1.0}}"]),  # ... CutMix (factor 1) in the final run
+    "final_progressive": ("search", ["tune.final={augment: {train: heavy}, train: {progressive_from: {half_size}}}"]),  # ... from half size
+    "random_compute": ("search", ["tune.trial_budget=compute", "train.epochs=4"]),  # search.yaml, trials of equal compute (4 reference epochs)
     "example": ("example", []),
 }
 DEFAULT_ARMS = "shipped,asha,example"
@@ -172,7 +176,7 @@ def main(argv: list[str] | None = None) -> int:
                     arms[arm] = run_example(base, minutes, holdout)
                 else:
                     config_name, own = ARMS[arm]
-                    extra = [*own, *(args.overrides if arm != "shipped" else [])]
+                    extra = [item.replace("{half_size}", str(size // 2)) for item in [*own, *(args.overrides if arm != "shipped" else [])]]
                     arms[arm] = run_search(config_name, base, minutes, args.search_share, extra, holdout)
                 print(f"{name} {arm}: {json.dumps(arms[arm]['holdout'])} in {arms[arm]['seconds']:.0f} s", flush=True)
             report["sets"][name] = arms

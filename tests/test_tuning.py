@@ -7,6 +7,7 @@ import os
 import signal
 import time
 from pathlib import Path
+from typing import Any
 
 import keras
 import keras_tuner as kt
@@ -140,6 +141,22 @@ def test_final_minutes_sizes_the_final_run_at_the_trials_pace() -> None:
     assert final_run_epochs(0.01, 20.0, [6.0, 3.0]) == (1, 3.0)  # at least one epoch
 
 
+@pytest.mark.parametrize(
+    ("trial_cost", "final_cost", "epochs"),
+    [
+        (1.0, float, 17),  # the same epochs as the trial's: 52 s of 3 s epochs
+        (1.0, lambda n: 4.0 * n, 4),  # twice the image size: epochs four times as costly
+        (0.25, float, 4),  # the trial at half the size (asha's first rung): the same
+        (1.0, lambda n: 0.6 * n, 28),  # progressive resizing: cheaper epochs, more of them
+        (1.0, lambda n: 1.0 * n + (5.0 if n > 10 else 0.0), 12),  # a cost that jumps: the most epochs that still fit
+    ],
+)
+def test_final_minutes_weighs_what_the_final_runs_epochs_cost(trial_cost: float, final_cost: Any, epochs: int) -> None:
+    from tuning.hypermodels import final_run_epochs
+
+    assert final_run_epochs(1.0, 20.0, [6.0, 3.0, 3.0, 3.0], trial_cost, final_cost) == (epochs, 3.0)
+
+
 def test_schedule_knobs_are_conditional_on_their_schedule(tiny_config: Config) -> None:
     config = tune_config(tiny_config, "tune.space.schedule=[constant, step]", "tune.space.schedule_knobs={step: {decay_rate: [0.2, 0.5]}}")
     hypermodel = hypermodel_for(config)
@@ -244,6 +261,19 @@ def test_best_yaml_trains_for_final_minutes_at_the_best_trials_pace(tiny_config:
     best_text = result.best_config.read_text()
     assert load_config(result.best_config).train.epochs == max(1, int((30 - fixed) // pace))
     assert "tune.final_minutes=0.5" in best_text.splitlines()[1]  # best.yaml says why it trains that long
+
+
+def test_best_yaml_with_progressive_resizing_fits_more_of_its_cheaper_epochs(tiny_config: Config) -> None:
+    overrides = ["tune.max_trials=1", "train.epochs=3", "tune.trial_budget=epochs", "tune.final_minutes=0.5"]
+    result = search(tune_config(tiny_config, *overrides, "tune.final={train: {progressive_from: 16}}"), progress=lambda line: None)
+    trial = json.loads(next(result.search_dir.glob("trial_*/result.json")).read_text())
+    pace = float(np.median(trial["epoch_seconds"][1:]))
+    at_full_size = max(1, int((30 - (trial["seconds"] - pace * 3)) // pace))
+    best = load_config(result.best_config)
+    assert best.train.progressive_from == 16 and at_full_size < best.train.epochs <= at_full_size / 0.5  # 16, 24, 32 px
+    header = result.best_config.read_text().splitlines()[1]
+    ratio = float(header.split("this run's epochs cost ")[1].split()[0])  # a third each at 16, 24, 32 px: about 0.6
+    assert 0.55 < ratio < 0.7 and best.train.epochs == pytest.approx(at_full_size / ratio, rel=0.03, abs=2)
 
 
 class KerasTunerAcquisition(ValidProposals, kt.oracles.BayesianOptimizationOracle):

@@ -12,7 +12,8 @@ from __future__ import annotations
 import dataclasses
 import math
 import statistics
-from collections.abc import Sequence
+from collections import Counter
+from collections.abc import Callable, Sequence
 from typing import Any
 
 import keras
@@ -26,6 +27,7 @@ from app.models.backbones import size_problem
 from app.models.geometry import baseline_geometry, conv_macs, shape_problem
 from app.training.callbacks import BestWeights, TimeLimit
 from app.training.fitting import build_model, compile_model, fit_stages, plan_stages, set_trainable
+from app.training.progressive import stage_sizes
 from tuning.space import RECIPE_KEYS, REPORT_OBJECTIVES, Entry, SearchSpace, config_rungs, rung_image_size
 
 HYPERBAND_KEYS = ("tuner/epochs", "tuner/initial_epoch", "tuner/bracket", "tuner/round", "tuner/trial_id")
@@ -170,9 +172,15 @@ class ConfigHyperModel(kt.HyperModel):
         return {"feature_size": None, "receptive_field": None}
 
     def epoch_cost(self, config: Config) -> float:
-        """What an epoch of this config costs, in units that the measured seconds per unit make seconds: the
-        training pixels (subclasses that know the network's multiply-accumulates weigh those)."""
-        return float(self.train_images * config.data.image_size**2)
+        """What an epoch of this config costs on average, in units that the measured seconds per unit make seconds:
+        `cost_at` each epoch's image size (progressive resizing trains smaller ones first)."""
+        sizes = Counter(stage_sizes(config, config.train.epochs))
+        return sum(count * self.cost_at(config, size) for size, count in sizes.items()) / sum(sizes.values())
+
+    def cost_at(self, config: Config, size: int) -> float:
+        """What an epoch at `size` pixels costs: the training pixels (subclasses that know the network's
+        multiply-accumulates weigh those)."""
+        return float(self.train_images * size**2)
 
     # -- build and fit -------------------------------------------------------------------------------------
     def build(self, hp: kt.HyperParameters) -> keras.Model:
@@ -271,15 +279,26 @@ def grown_filters(first: int, growth: float, index: int) -> int:
     return max(step, math.floor(raw / step + 0.5) * step)
 
 
-def final_run_epochs(minutes: float, trial_seconds: float, epoch_seconds: Sequence[float]) -> tuple[int, float]:
-    """(epochs, seconds per epoch): how many epochs a final run trains in about `minutes`, at the pace a trial
+def final_run_epochs(
+    minutes: float, trial_seconds: float, epoch_seconds: Sequence[float], trial_cost: float = 1.0, final_cost: Callable[[int], float] = float
+) -> tuple[int, float]:
+    """(epochs, seconds per trial epoch): how many epochs a final run trains in about `minutes`, at the pace a trial
     measured: the median of its epochs after the first (which also traces the model), with the trial's fixed costs
-    (building, tracing, evaluation) counted once."""
+    (building, tracing, evaluation) counted once. `trial_cost` (what one of the trial's epochs costs) and
+    `final_cost(n)` (what n epochs of the final run cost) are in the same units (`epoch_cost`): the final run may
+    train other image sizes than the trial did (asha's smaller rungs, progressive resizing). By default, the same."""
     if not epoch_seconds:
         raise ValueError("the trial recorded no epoch times")
     pace = statistics.median(epoch_seconds[1:] or epoch_seconds)
     fixed = max(0.0, trial_seconds - pace * len(epoch_seconds))  # build, the first epoch's tracing, evaluation
-    return max(1, int((minutes * 60 - fixed) // max(pace, 1e-6))), pace
+    budget = (minutes * 60 - fixed) / max(pace, 1e-6) * trial_cost  # in cost units
+    low, high = 1, 2  # the most epochs that fit (one at least): final_cost grows with the epochs
+    while final_cost(high) <= budget and high < 1 << 20:  # a bound for a pace near zero, not a plan
+        low, high = high, high * 2
+    while high - low > 1:
+        middle = (low + high) // 2
+        low, high = (middle, high) if final_cost(middle) <= budget else (low, middle)
+    return low, pace
 
 
 class ScheduleFrom(keras.callbacks.Callback):
@@ -348,9 +367,8 @@ class BaselineHyperModel(ConfigHyperModel):
         blocks = [ConvBlock(**b) if isinstance(b, dict) else b for b in tree["model"]["blocks"]]
         return compute_factor(conv_macs(self.base.model.blocks, size), conv_macs(blocks, size))
 
-    def epoch_cost(self, config: Config) -> float:
+    def cost_at(self, config: Config, size: int) -> float:
         """Convolution multiply-accumulates per epoch plus the fixed share (`compute_epochs`' cost model)."""
-        size = config.data.image_size
         return float(self.train_images * (conv_macs(config.model.blocks, size) + FIXED_COST_SHARE * conv_macs(self.base.model.blocks, size)))
 
     def geometry_facts(self, config: Config) -> dict[str, Any]:

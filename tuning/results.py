@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import math
 from collections import Counter
@@ -66,7 +67,7 @@ def write_trials(oracle: Any, hypermodel: Any, search_dir: Path) -> pd.DataFrame
     atomic_write(search_dir / TRIALS_FILE, lambda p: table.to_csv(p, index=False))
     best = best_trial(oracle)
     if best is not None:
-        epochs, sizing = _final_epochs(hypermodel.base.tune.final_minutes, search_dir / f"trial_{best.trial_id}" / "result.json")
+        epochs, sizing = _final_epochs(hypermodel, best, search_dir / f"trial_{best.trial_id}" / "result.json")
         config = hypermodel.config_for(best.hyperparameters, for_training=True, final_epochs=epochs)
         final = "".join(f"# {key}={value}: the final run's own setting (tune.final)\n" for key, value in _dotted(hypermodel.base.tune.final))
         header = f"# best trial {best.trial_id} of search {search_dir.name}: {oracle.objective.name} = {best.score:.4f}\n"
@@ -83,16 +84,27 @@ def _dotted(tree: dict[str, Any], prefix: str = "") -> list[tuple[str, Any]]:
     return pairs
 
 
-def _final_epochs(minutes: float | None, result_path: Path) -> tuple[int | None, str]:
-    """(train.epochs of best.yaml, a header line saying why) when tune.final_minutes sizes the final run."""
+def _final_epochs(hypermodel: Any, best: Any, result_path: Path) -> tuple[int | None, str]:
+    """(train.epochs of best.yaml, a header line saying why) when tune.final_minutes sizes the final run: at the best
+    trial's measured pace, weighed by what the final run's epochs cost against the trial's (`epoch_cost`: image
+    sizes, progressive resizing)."""
+    minutes = hypermodel.base.tune.final_minutes
     if minutes is None or not result_path.is_file():
         return None, ""
     result = json.loads(result_path.read_text())
     times = result.get("epoch_seconds") or []
     if not times:
         return None, ""
-    epochs, pace = final_run_epochs(minutes, float(result.get("seconds", 0.0)), times)
-    return epochs, f"# train.epochs {epochs}: about tune.final_minutes={minutes:g} at {pace:.1f} s per epoch (measured in that trial)\n"
+    final = hypermodel.config_for(best.hyperparameters, for_training=True)
+    trial_cost = float(result.get("epoch_cost") or hypermodel.epoch_cost(hypermodel.config_for(best.hyperparameters)))
+
+    def final_cost(epochs: int) -> float:
+        return epochs * hypermodel.epoch_cost(dataclasses.replace(final, train=dataclasses.replace(final.train, epochs=epochs)))
+
+    epochs, pace = final_run_epochs(minutes, float(result.get("seconds", 0.0)), times, trial_cost, final_cost)
+    ratio = final_cost(epochs) / epochs / trial_cost
+    weighed = f"; this run's epochs cost {ratio:.2f} of the trial's (image sizes)" if abs(ratio - 1) > 0.01 else ""
+    return epochs, f"# train.epochs {epochs}: about tune.final_minutes={minutes:g} at {pace:.1f} s per epoch (measured in that trial{weighed})\n"
 
 
 def importance(table: pd.DataFrame, objective: str, names: list[str]) -> pd.DataFrame:

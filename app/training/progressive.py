@@ -30,6 +30,15 @@ def epoch_sizes(epochs: int, sizes: list[int]) -> list[int]:
     return [sizes[n - 1 - (epochs - 1 - epoch) * n // epochs] for epoch in range(epochs)]
 
 
+def stage_sizes(config: Config, epochs: int) -> list[int]:
+    """The training image size of each of stage 1's `epochs`: data.image_size throughout, or, with
+    train.progressive_from, the sizes progressive resizing trains them at."""
+    full = config.data.image_size
+    if config.train.progressive_from is None:
+        return [full] * epochs
+    return epoch_sizes(epochs, phase_sizes(config.train.progressive_from, full, config.train.progressive_phases))
+
+
 class ProgressiveResizing(keras.callbacks.Callback):
     """Holds the training image size of the current epoch; `resize(dataset)` shrinks batches to it."""
 
@@ -37,7 +46,7 @@ class ProgressiveResizing(keras.callbacks.Callback):
         super().__init__()
         self.full = config.data.image_size
         self.first_epoch = first_epoch
-        self.sizes = epoch_sizes(stage_epochs, phase_sizes(config.train.progressive_from, self.full, config.train.progressive_phases))
+        self.sizes = stage_sizes(config, stage_epochs)
         self.size = tf.Variable(self.sizes[0], dtype=tf.int32, trainable=False, name="progressive_size")
         self.seen: list[int] = []  # the size of each epoch run, for tests and logs
         self._specs: dict[int, object] = {}
