@@ -82,11 +82,12 @@ def test_multiworker_benchmark_quick_run(tmp_path: Path):
 def test_search_quality_benchmark_quick_run(tmp_path: Path):
     out = tmp_path / "quality.json"
     arms = run_quick("search_quality.py", out)["sets"]["digits"]  # digits come with scikit-learn: no shared data needed
-    assert set(arms) == {"shipped", "asha", "example"}
+    assert set(arms) == {"shipped", "random_epochs", "asha", "example"}
     for row in arms.values():
         assert 0 <= row["holdout"]["accuracy"] <= 1 and row["holdout"]["num_images"] > 0
     assert arms["asha"]["networks_judged"] >= 1 and arms["asha"]["trials_per_rung"]["0"] >= 1
-    assert arms["shipped"]["networks_judged"] >= 1 and 1 <= arms["example"]["epochs_run"] <= arms["example"]["epochs_planned"]
+    assert arms["shipped"]["networks_judged"] >= 1 and arms["random_epochs"]["overrides"] == ["tune.trial_budget=epochs", "train.epochs=8"]
+    assert 1 <= arms["example"]["epochs_run"] <= arms["example"]["epochs_planned"]
 
 
 @pytest.mark.slow
