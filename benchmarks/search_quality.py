@@ -7,6 +7,7 @@ per trial), an asha search (benchmarks/configs/search_asha.yaml) and configs/exa
     .venv/bin/python benchmarks/search_quality.py --arms shipped,asha --set tune.min_epochs=3   # an asha variant
     .venv/bin/python benchmarks/search_quality.py --sets flowers --minutes 20 --arms final_ema  # EMA in the final run
     .venv/bin/python benchmarks/search_quality.py --sets flowers --minutes 20 --arms shipped,final_mixup
+    .venv/bin/python benchmarks/search_quality.py --sets flowers --minutes 20 --arms asha,asha_workers2  # 2 processes
     .venv/bin/python benchmarks/search_quality.py --quick                       # a smoke run on a few images
 
 Per set (flowers and hymenoptera at 64 px, digits at 32 px), in one run:
@@ -21,10 +22,12 @@ Per set (flowers and hymenoptera at 64 px, digits at 32 px), in one run:
      (distinct configurations trained), per minute of search, and the trials at each rung.
 Arms: `shipped` (configs/search.yaml), `random_epochs` (search.yaml as shipped until issue 28's third reading:
 `tune.trial_budget: epochs`, 8 epochs per trial), `asha` (benchmarks/configs/search_asha.yaml), `example`, and, not
-run by default, search.yaml with one recipe key added to the final run (tune.final): `final_ema` (weight EMA 0.99),
-`final_mixup` (MixUp, alpha 0.2), `final_cutmix` (CutMix, factor 1), `final_progressive` (progressive resizing from
-half the set's image size). `--set` overrides apply to the candidates (every search arm but `shipped`, the
-reference).
+run by default: `asha_workers2` (the same asha search in 2 worker processes, one core each; the share of time its
+workers waited is reported), `median` (search.yaml with the median rule, tune.median_stop), `final_medium`
+(search.yaml with the trials' medium augmentation in the final run instead of heavy), and search.yaml with one recipe
+key added to the final run (tune.final): `final_ema` (weight EMA 0.99), `final_mixup` (MixUp, alpha 0.2),
+`final_cutmix` (CutMix, factor 1), `final_progressive` (progressive resizing from half the set's image size). `--set`
+overrides apply to the candidates (every search arm but `shipped`, the reference).
 """
 
 from __future__ import annotations
@@ -37,7 +40,7 @@ import sys
 import tempfile
 import time
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple
 
 os.environ.setdefault("NO_ALBUMENTATIONS_UPDATE", "1")
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
@@ -54,17 +57,30 @@ from app.runs import load_run  # noqa: E402
 from app.training.run import train  # noqa: E402
 from benchmarks.quality import SIZES, make_set  # noqa: E402
 from tuning import search, train_best  # noqa: E402
+from tuning.directory import FINISHED_FILE  # noqa: E402
 from tuning.hypermodels import HYPERBAND_KEYS  # noqa: E402
 
-ARMS: dict[str, tuple[str, list[str]]] = {  # a search arm: its config and overrides (example trains example.yaml)
-    "shipped": ("search", []),
-    "asha": (str(REPO / "benchmarks" / "configs" / "search_asha.yaml"), []),
-    "final_ema": ("search", ["tune.final={augment: {train: heavy}, train: {ema: 0.99}}"]),  # search.yaml, weight EMA in the final run
-    "final_mixup": ("search", ["tune.final={augment: {train: heavy}, train: {mixup: 0.2}}"]),  # ... MixUp (alpha 0.2) in the final run
-    "final_cutmix": ("search", ["tune.final={augment: {train: heavy}, train: {cutmix: 1.0}}"]),  # ... CutMix (factor 1) in the final run
-    "final_progressive": ("search", ["tune.final={augment: {train: heavy}, train: {progressive_from: {half_size}}}"]),  # ... from half size
-    "random_epochs": ("search", ["tune.trial_budget=epochs", "train.epochs=8"]),  # search.yaml before: 8 epochs for every trial
-    "example": ("example", []),
+
+class Arm(NamedTuple):
+    """A search arm: its config, its overrides, and its worker processes (0: the search runs in this process)."""
+
+    config: str
+    overrides: list[str]
+    workers: int = 0
+
+
+ARMS: dict[str, Arm | None] = {  # None: example, which trains example.yaml
+    "shipped": Arm("search", []),
+    "asha": Arm(str(REPO / "benchmarks" / "configs" / "search_asha.yaml"), []),
+    "asha_workers2": Arm(str(REPO / "benchmarks" / "configs" / "search_asha.yaml"), [], workers=2),  # asha in 2 worker processes
+    "final_medium": Arm("search", ["tune.final={augment: {train: medium}}"]),  # search.yaml, the trials' medium augmentation in the final run
+    "final_ema": Arm("search", ["tune.final={augment: {train: heavy}, train: {ema: 0.99}}"]),  # search.yaml, weight EMA in the final run
+    "final_mixup": Arm("search", ["tune.final={augment: {train: heavy}, train: {mixup: 0.2}}"]),  # ... MixUp (alpha 0.2) in the final run
+    "final_cutmix": Arm("search", ["tune.final={augment: {train: heavy}, train: {cutmix: 1.0}}"]),  # ... CutMix (factor 1) in the final run
+    "final_progressive": Arm("search", ["tune.final={augment: {train: heavy}, train: {progressive_from: {half_size}}}"]),  # ... from half size
+    "median": Arm("search", ["tune.median_stop=true"]),  # search.yaml with the median rule
+    "random_epochs": Arm("search", ["tune.trial_budget=epochs", "train.epochs=8"]),  # search.yaml before: 8 epochs for every trial
+    "example": None,
 }
 DEFAULT_ARMS = "shipped,random_epochs,asha,example"
 SETS = ("flowers", "hymenoptera", "digits")
@@ -77,13 +93,14 @@ def holdout_scores(run_dir: Path, holdout: Path) -> dict[str, float]:
     return {k: metrics[k] for k in ("accuracy", "log_loss", "num_images")}
 
 
-def run_search(config_name: str, base: list[str], minutes: float, share: float, overrides: list[str], holdout: Path) -> dict[str, Any]:
-    """One search arm: search for share x minutes, then its best for the rest; scored on the hold-out images."""
+def run_search(config_name: str, base: list[str], minutes: float, share: float, overrides: list[str], holdout: Path, workers: int = 0) -> dict[str, Any]:
+    """One search arm: search for share x minutes (in `workers` processes, if any), then its best for the rest; scored
+    on the hold-out images."""
     search_minutes = minutes * share
     limits = [f"tune.max_minutes={search_minutes}", f"tune.final_minutes={minutes - search_minutes}", "tune.final_epochs=null", "tune.max_trials=100000"]
     config = load_config(config_name, [*base, *limits, *overrides])
     started = time.perf_counter()
-    result = search(config, progress=lambda line: print(line, flush=True))
+    result = search(config, progress=lambda line: print(line, flush=True), workers=workers)
     searched = time.perf_counter() - started
     trained = train_best(result)
     seconds = time.perf_counter() - started
@@ -92,6 +109,8 @@ def run_search(config_name: str, base: list[str], minutes: float, share: float, 
     return {
         "config": config_name,
         "overrides": overrides,
+        "workers": workers,
+        "workers_idle_share": workers_idle_share(result.search_dir) if workers else None,
         "seconds": round(seconds, 1),
         "search_seconds": round(searched, 1),
         "final_run_seconds": round(seconds - searched, 1),
@@ -117,6 +136,11 @@ def distinct_networks(search_dir: Path) -> int:
         if values.get("tuner/round", 0) == 0 and (path.parent / "result.json").is_file():
             seen.add(json.dumps({k: v for k, v in values.items() if k not in HYPERBAND_KEYS}, sort_keys=True))
     return len(seen)
+
+
+def workers_idle_share(search_dir: Path) -> float | None:
+    """The share of the workers' time spent waiting for a trial, as the chief measured it (search.json)."""
+    return json.loads((search_dir / FINISHED_FILE).read_text()).get("workers_idle_share")
 
 
 def run_example(base: list[str], minutes: float, holdout: Path) -> dict[str, Any]:
@@ -173,12 +197,12 @@ def main(argv: list[str] | None = None) -> int:
             arms: dict[str, Any] = {}
             for arm in args.arms.split(","):
                 print(f"== {name}: {arm} ({minutes:g} minutes)", flush=True)
-                if arm == "example":
+                spec = ARMS[arm]
+                if spec is None:
                     arms[arm] = run_example(base, minutes, holdout)
                 else:
-                    config_name, own = ARMS[arm]
-                    extra = [item.replace("{half_size}", str(size // 2)) for item in [*own, *(args.overrides if arm != "shipped" else [])]]
-                    arms[arm] = run_search(config_name, base, minutes, args.search_share, extra, holdout)
+                    extra = [item.replace("{half_size}", str(size // 2)) for item in [*spec.overrides, *(args.overrides if arm != "shipped" else [])]]
+                    arms[arm] = run_search(spec.config, base, minutes, args.search_share, extra, holdout, spec.workers)
                 print(f"{name} {arm}: {json.dumps(arms[arm]['holdout'])} in {arms[arm]['seconds']:.0f} s", flush=True)
             report["sets"][name] = arms
         out = Path(args.output)

@@ -21,7 +21,7 @@ from tuning.hypermodels import make_hypermodel, scaled_rungs
 from tuning.oracles import MAX_UNAFFORDABLE_IN_A_ROW, ASHAOracle, RandomOracle, rung_epochs
 from tuning.results import SUMMARY_FILE, TRIALS_FILE
 from tuning.space import rung_image_size
-from tuning.stopping import MIN_TRIALS, MedianStop
+from tuning.stopping import MIN_TRIALS, Curve, MedianStop
 from tuning.tuner import DEADLINE_FILE, SearchTuner
 
 SMALL_SPACE = ["tune.space.blocks={min: 1, max: 2}", "tune.space.filters=[4, 8]", "tune.space.repeats=1", "tune.space.augment=none"]
@@ -125,26 +125,61 @@ def test_a_proposal_too_long_for_the_time_left_is_replaced_by_one_that_fits(tiny
     assert stuck.create_trial("w").status == "STOPPED" and stuck.skipped_for_time == MAX_UNAFFORDABLE_IN_A_ROW
 
 
+class _Model:
+    stop_training = False
+
+
 def test_the_median_rule_stops_a_trial_below_the_finished_trials_median() -> None:
-    curves = [[0.5, 0.6, 0.7], [0.4, 0.5, 0.6], [0.3, 0.55, 0.65]]  # medians of the best so far: 0.4, 0.55, 0.65
-    rule = MedianStop("val_accuracy", curves)
+    curves = [[0.5, 0.6, 0.7, 0.7], [0.4, 0.5, 0.6, 0.6], [0.3, 0.55, 0.65, 0.7]]  # medians of the best so far: 0.4, 0.55, 0.65
+    rule = MedianStop("val_accuracy", [Curve(c, 4) for c in curves], planned=4)
     assert rule.median_at(1) == pytest.approx(0.4) and rule.median_at(2) == pytest.approx(0.55)
-
-    class Model:
-        stop_training = False
-
-    rule.set_model(Model())
+    rule.set_model(_Model())
     rule.on_epoch_end(0, {"val_accuracy": 0.2})  # below, but the first epoch is never judged
     assert rule.stopped_epoch is None
     rule.on_epoch_end(1, {"val_accuracy": 0.5})  # best so far 0.5 < 0.55 at epoch 2: stopped
     assert rule.stopped_epoch == 2 and rule.model.stop_training
-    loss_rule = MedianStop("val_loss", [[1.0, 0.8], [1.2, 0.9], [1.1, 0.7]])
-    loss_rule.set_model(Model())
+    loss_rule = MedianStop("val_loss", [Curve(c, 3) for c in ([1.0, 0.8, 0.8], [1.2, 0.9, 0.9], [1.1, 0.7, 0.7])], planned=3)
+    loss_rule.set_model(_Model())
     loss_rule.on_epoch_end(0, {"val_loss": 1.0})
     loss_rule.on_epoch_end(1, {"val_loss": 0.75})  # lower loss than the median 0.8: goes on
     assert loss_rule.stopped_epoch is None
-    too_few = MedianStop("val_accuracy", curves[: MIN_TRIALS - 1])
+    too_few = MedianStop("val_accuracy", [Curve(c, 4) for c in curves[: MIN_TRIALS - 1]], planned=4)
     assert too_few.median_at(2) is None
+
+
+def test_the_median_rule_compares_trials_at_the_same_share_of_their_budget_and_never_judges_the_last_epoch() -> None:
+    """Under trial_budget compute a network half as costly plans twice the epochs: its epoch 2 of 8 is compared with
+    the others' epoch 1 of 4, what they had spent by then, not with their epoch 2."""
+    costly = [Curve([0.6, 0.7, 0.7, 0.7], 4), Curve([0.5, 0.8, 0.8, 0.8], 4), Curve([0.4, 0.6, 0.6, 0.6], 4)]
+    cut_short = Curve([0.9], 4)  # stopped after 1 of its 4 epochs: it counts until the share it reached
+    rule = MedianStop("val_accuracy", [*costly, cut_short], planned=8)
+    assert rule.median_at(1) is None  # an eighth of their budget is no whole epoch of theirs
+    assert rule.median_at(2) == rule.median_at(3) == pytest.approx(0.55)  # their epoch 1: 0.6, 0.5, 0.4, 0.9
+    assert rule.median_at(4) == pytest.approx(0.7)  # their best by epoch 2: 0.7, 0.8, 0.6 (not the cut-short one)
+    rule.set_model(_Model())
+    for epoch, value in enumerate([0.1, 0.56, 0.3, 0.3]):  # compared by epoch, 0.56 would be stopped at epoch 2 (0.7)
+        rule.on_epoch_end(epoch, {"val_accuracy": value})
+    assert rule.stopped_epoch == 4
+    last = MedianStop("val_accuracy", [Curve([0.9, 0.9], 2)] * 3, planned=2)  # judging the last epoch would save nothing
+    last.set_model(_Model())
+    last.on_epoch_end(0, {"val_accuracy": 0.1})
+    last.on_epoch_end(1, {"val_accuracy": 0.1})
+    assert last.stopped_epoch is None
+
+
+def test_a_search_hands_the_median_rule_the_epochs_each_trial_planned(tiny_config: Config, tmp_path: Path) -> None:
+    config = tune_config(tiny_config, "tune.median_stop=true", "train.epochs=2", "tune.trial_budget=compute", "tune.space.filters=[4, 64]")
+    oracle = RandomOracle(objective=kt.Objective("score", "max"), max_trials=5, seed=3)
+    tuner = SearchTuner(oracle, make_hypermodel(config, parse_space(config), 3, False, 18), tmp_path, data_for=None)
+    monitor = tuner.hypermodel.monitor()
+    cheap, costly = {"blocks": 1, "filters_1": 4}, {"blocks": 2, "filters_1": 64, "filters_2": 64}
+    history = [{"epoch": 1, monitor: 0.5}, {"epoch": 2, monitor: 0.6}]
+    tuner.finished_results = lambda: [{"hyperparameters": cheap, "history": history}, {"hyperparameters": costly, "history": history}]
+    (rule,) = tuner._median_stop(config, kt.HyperParameters())
+    own = [tuner.hypermodel.config_for(tuner.hyperparameters_of(values)).train.epochs for values in (cheap, costly)]
+    assert [planned for _, planned in rule.curves] == own and own[0] > own[1]  # the cheaper network planned more epochs
+    assert rule.monitor == monitor and rule.planned == config.train.epochs
+    assert tuner._median_stop(load_config(overrides=["tune.median_stop=false"], base=config), kt.HyperParameters()) == []
 
 
 def test_an_asha_search_records_rungs_and_its_best_yaml_trains_the_most_epochs(tiny_config: Config) -> None:

@@ -27,13 +27,18 @@ from app.training.callbacks import TimeLimit
 from app.training.fitting import seed_everything
 from tuning.compat import base_tuner
 from tuning.hypermodels import HYPERBAND_KEYS, ConfigHyperModel
-from tuning.stopping import MedianStop
+from tuning.stopping import Curve, MedianStop
 
 log = logging.getLogger(__name__)
 
 RESULT_FILE = "result.json"  # per trial: hyperparameters, config facts, metrics, history, seconds
 DEADLINE_FILE = "deadline.json"  # when tune.max_minutes runs out, for the workers of a distributed search
 WEIGHTS_FILE = "model.weights.h5"  # per trial, Hyperband only: what the next round continues from
+
+
+def planned_epochs(config: Config) -> int:
+    """The epochs a trial's config trains, both stages (a promotion continues from its parent's last)."""
+    return config.train.epochs + config.finetune.epochs
 
 
 class _History(keras.callbacks.Callback):
@@ -201,16 +206,20 @@ class SearchTuner(base_tuner.BaseTuner):
         fixed = statistics.median(max(0.0, r["seconds"] - sum(r["epoch_seconds"])) for r in done)
         hp = self.hyperparameters_of(values)
         config = self.hypermodel.config_for(hp)
-        epochs = config.train.epochs + config.finetune.epochs - self.hypermodel.epoch_span(hp)[0]
+        epochs = planned_epochs(config) - self.hypermodel.epoch_span(hp)[0]
         return fixed + epochs * pace * self.hypermodel.epoch_cost(config)
 
     def _median_stop(self, config: Config, hp: kt.HyperParameters) -> list[MedianStop]:
-        """tune.median_stop (not for asha and hyperband, whose rungs already stop the worse trials): the callback."""
+        """tune.median_stop (not for asha and hyperband, whose rungs already stop the worse trials): the callback,
+        which compares this trial with the finished ones at the same share of their planned epochs."""
         if not config.tune.median_stop or "tuner/epochs" in hp.values:
             return []
         monitor = self.hypermodel.monitor()
-        curves = [[row[monitor] for row in r["history"] if monitor in row] for r in self.finished_results()]
-        return [MedianStop(monitor, curves)]
+        curves = []
+        for r in self.finished_results():
+            planned = planned_epochs(self.hypermodel.config_for(self.hyperparameters_of(r["hyperparameters"])))
+            curves.append(Curve([row[monitor] for row in r["history"] if monitor in row], planned))
+        return [MedianStop(monitor, curves, planned_epochs(config))]
 
     def on_trial_end(self, trial: kt.engine.trial.Trial) -> None:
         super().on_trial_end(trial)  # the oracle records the score and saves its state
