@@ -172,7 +172,8 @@ def test_a_search_hands_the_median_rule_the_epochs_each_trial_planned(tiny_confi
     oracle = RandomOracle(objective=kt.Objective("score", "max"), max_trials=5, seed=3)
     tuner = SearchTuner(oracle, make_hypermodel(config, parse_space(config), 3, False, 18), tmp_path, data_for=None)
     monitor = tuner.hypermodel.monitor()
-    cheap, costly = {"blocks": 1, "filters_1": 4}, {"blocks": 2, "filters_1": 64, "filters_2": 64}
+    # complete values, as result.json holds them (KerasTuner fills missing ones at random)
+    cheap, costly = (tuner.hyperparameters_of(v).values for v in ({"blocks": 1, "filters_1": 4}, {"blocks": 2, "filters_1": 64, "filters_2": 64}))
     history = [{"epoch": 1, monitor: 0.5}, {"epoch": 2, monitor: 0.6}]
     tuner.finished_results = lambda: [{"hyperparameters": cheap, "history": history}, {"hyperparameters": costly, "history": history}]
     (rule,) = tuner._median_stop(config, kt.HyperParameters())
