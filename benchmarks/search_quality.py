@@ -139,7 +139,7 @@ def distinct_networks(search_dir: Path) -> int:
 
 
 def workers_idle_share(search_dir: Path) -> float | None:
-    """The share of the workers' time spent waiting for a trial, as the chief measured it (search.json)."""
+    """The share of the workers' time not spent in a trial (starting, preparing data, waiting), from search.json."""
     return json.loads((search_dir / FINISHED_FILE).read_text()).get("workers_idle_share")
 
 
