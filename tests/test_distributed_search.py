@@ -298,14 +298,16 @@ def test_ctrl_c_stops_the_chief_and_its_workers(tiny_config: Config, tmp_path: P
 @pytest.mark.slow
 def test_asha_with_two_local_workers_promotes_and_reports_their_idle_share(tiny_config: Config) -> None:
     # rungs in plain epochs: the compute budget's own epochs are test_search_budget's
-    config = search_config(tiny_config, "tune.tuner=asha", "tune.max_trials=6", "train.epochs=3", "tune.reduction_factor=3", "tune.trial_budget=epochs")
-    result = search(config, workers=2, progress=Progress())
+    overrides = ["tune.tuner=asha", "tune.max_trials=6", "train.epochs=3", "tune.reduction_factor=3", "tune.trial_budget=epochs", "tune.final_minutes=0.5"]
+    result = search(search_config(tiny_config, *overrides), workers=2, progress=Progress())
     table = trials_of(result.search_dir)
     assert (table["status"] == "COMPLETED").all() and (table["rung"] == 0).sum() == 6 and (table["rung"] == 1).sum() >= 2
     for row in table[table["rung"] == 1].itertuples():  # each promotion continued a finished network of rung 0
         assert row.continues in set(table.loc[table["rung"] == 0, "trial"]) and row.epochs == 3
     finished = json.loads((result.search_dir / "search.json").read_text())
     assert 0.0 <= finished["workers_idle_share"] < 1.0
+    # the final run trains here, on all the cores: best.yaml is sized at the pace the chief timed, not a worker's
+    assert "timed here" in result.best_config.read_text().splitlines()[1] and result.prepared  # the images timed: the final run's
 
 
 @pytest.mark.slow

@@ -157,6 +157,42 @@ def test_final_minutes_weighs_what_the_final_runs_epochs_cost(trial_cost: float,
     assert final_run_epochs(1.0, 20.0, [6.0, 3.0, 3.0, 3.0], trial_cost, final_cost) == (epochs, 3.0)
 
 
+@pytest.mark.parametrize(
+    ("here", "epochs", "said"),
+    [
+        (None, 17, "measured in that trial (52 s of 3 s epochs)"),
+        (lambda config: 1.5, 37, "timed here; 0.50 of that trial's pace"),  # twice as fast here: fixed costs and epochs halve
+        (lambda config: None, 17, "this config cannot be timed here"),  # the trial's pace, and best.yaml says why
+    ],
+)
+def test_best_yaml_is_sized_at_the_pace_measured_where_the_final_run_trains(tiny_config: Config, tmp_path: Path, here: Any, epochs: int, said: str) -> None:
+    from types import SimpleNamespace
+
+    from tuning.results import _final_epochs
+
+    config = tune_config(tiny_config, "tune.final_minutes=1")
+    hypermodel = make_hypermodel(config, parse_space(config), 3, False, 18)
+    hp = kt.HyperParameters()
+    hypermodel.declare_hyperparameters(hp)
+    result = tmp_path / "result.json"  # 4 epochs: the first traced (6 s), then 3 s each; 8 s outside the epochs
+    result.write_text(json.dumps({"epoch_seconds": [6.0, 3.0, 3.0, 3.0], "seconds": 20.0, "epoch_cost": hypermodel.epoch_cost(hypermodel.config_for(hp))}))
+    planned, header = _final_epochs(hypermodel, SimpleNamespace(hyperparameters=hp), result, here)
+    assert planned == epochs and said.split(" (")[0] in header and header.startswith(f"# train.epochs {epochs}: about tune.final_minutes=1")
+
+
+def test_the_pace_probe_times_a_one_stage_network_and_declines_two_stages(tiny_config: Config) -> None:
+    from app.data import prepare_data
+    from app.training.pace import measure_epoch_seconds, probe_config
+
+    data = prepare_data(tiny_config)
+    seconds = measure_epoch_seconds(tiny_config, data, batches=1)  # 6 training images: every batch either way
+    assert seconds is not None and 0 < seconds < 60
+    probe = probe_config(load_config(overrides=["train.progressive_from=16", "train.schedule={name: cosine, warmup_epochs: 5}"], base=tiny_config))
+    assert (probe.train.epochs, probe.train.progressive_from, probe.train.schedule.name, probe.data.image_size) == (2, None, "constant", 32)
+    two_stages = load_config(overrides=["model.name=mobilenetv3small", "model.weights=null", "finetune.epochs=1"], base=tiny_config)
+    assert measure_epoch_seconds(two_stages, data) is None
+
+
 def test_schedule_knobs_are_conditional_on_their_schedule(tiny_config: Config) -> None:
     config = tune_config(tiny_config, "tune.space.schedule=[constant, step]", "tune.space.schedule_knobs={step: {decay_rate: [0.2, 0.5]}}")
     hypermodel = hypermodel_for(config)

@@ -5,7 +5,9 @@ from __future__ import annotations
 import dataclasses
 import json
 import math
+import statistics
 from collections import Counter
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -14,10 +16,11 @@ import pandas as pd
 from matplotlib.ticker import MaxNLocator
 
 from app.atomic import atomic_write, write_text
-from app.config import dump_config
+from app.config import Config, dump_config
 from app.plots import subplots
 from tuning.hypermodels import HYPERBAND_KEYS, final_run_epochs
 
+EpochMeasure = Callable[[Config], "float | None"]  # seconds an epoch of a config takes in this process (app.training.pace)
 TRIALS_FILE = "trials.csv"
 BEST_FILE = "best.yaml"
 SUMMARY_FILE = "summary.md"
@@ -61,13 +64,14 @@ def best_trial(oracle: Any) -> Any | None:
     return best[0] if best else None
 
 
-def write_trials(oracle: Any, hypermodel: Any, search_dir: Path) -> pd.DataFrame:
-    """trials.csv and best.yaml (the best trial's complete config, for `imgclf train -c best.yaml`), after each trial."""
+def write_trials(oracle: Any, hypermodel: Any, search_dir: Path, measure: EpochMeasure | None = None) -> pd.DataFrame:
+    """trials.csv and best.yaml (the best trial's complete config, for `imgclf train -c best.yaml`), after each trial.
+    `measure(config)`: the seconds an epoch of the best config takes here, when the trials' pace does not apply."""
     table = trials_table(oracle, search_dir)
     atomic_write(search_dir / TRIALS_FILE, lambda p: table.to_csv(p, index=False))
     best = best_trial(oracle)
     if best is not None:
-        epochs, sizing = _final_epochs(hypermodel, best, search_dir / f"trial_{best.trial_id}" / "result.json")
+        epochs, sizing = _final_epochs(hypermodel, best, search_dir / f"trial_{best.trial_id}" / "result.json", measure)
         config = hypermodel.config_for(best.hyperparameters, for_training=True, final_epochs=epochs)
         final = "".join(f"# {key}={value}: the final run's own setting (tune.final)\n" for key, value in _dotted(hypermodel.base.tune.final))
         header = f"# best trial {best.trial_id} of search {search_dir.name}: {oracle.objective.name} = {best.score:.4f}\n"
@@ -84,10 +88,10 @@ def _dotted(tree: dict[str, Any], prefix: str = "") -> list[tuple[str, Any]]:
     return pairs
 
 
-def _final_epochs(hypermodel: Any, best: Any, result_path: Path) -> tuple[int | None, str]:
+def _final_epochs(hypermodel: Any, best: Any, result_path: Path, measure: EpochMeasure | None = None) -> tuple[int | None, str]:
     """(train.epochs of best.yaml, a header line saying why) when tune.final_minutes sizes the final run: at the best
     trial's measured pace, weighed by what the final run's epochs cost against the trial's (`epoch_cost`: image
-    sizes, progressive resizing)."""
+    sizes, progressive resizing). With `measure`, the pace is the one measured here (the trial's ran elsewhere)."""
     minutes = hypermodel.base.tune.final_minutes
     if minutes is None or not result_path.is_file():
         return None, ""
@@ -101,10 +105,22 @@ def _final_epochs(hypermodel: Any, best: Any, result_path: Path) -> tuple[int | 
     def final_cost(epochs: int) -> float:
         return epochs * hypermodel.epoch_cost(dataclasses.replace(final, train=dataclasses.replace(final.train, epochs=epochs)))
 
-    epochs, pace = final_run_epochs(minutes, float(result.get("seconds", 0.0)), times, trial_cost, final_cost)
+    speed, where = _speed_here(hypermodel, final, times, trial_cost, measure)
+    epochs, pace = final_run_epochs(minutes, speed * float(result.get("seconds", 0.0)), [speed * t for t in times], trial_cost, final_cost)
     ratio = final_cost(epochs) / epochs / trial_cost
     weighed = f"; this run's epochs cost {ratio:.2f} of the trial's (image sizes)" if abs(ratio - 1) > 0.01 else ""
-    return epochs, f"# train.epochs {epochs}: about tune.final_minutes={minutes:g} at {pace:.1f} s per epoch (measured in that trial{weighed})\n"
+    return epochs, f"# train.epochs {epochs}: about tune.final_minutes={minutes:g} at {pace:.1f} s per epoch ({where}{weighed})\n"
+
+
+def _speed_here(hypermodel: Any, final: Any, times: list[float], trial_cost: float, measure: EpochMeasure | None) -> tuple[float, str]:
+    """(seconds here per second of the trial, where the pace comes from): 1 without `measure`, or when it cannot time
+    this config; else an epoch timed here against the trial's (median, after its first), per unit of cost."""
+    seconds = measure(final) if measure is not None else None
+    if seconds is None:
+        return 1.0, "measured in that trial" + (", which ran elsewhere: this config cannot be timed here" if measure is not None else "")
+    trial_pace = statistics.median(times[1:] or times) / trial_cost
+    speed = seconds / hypermodel.cost_at(final, final.data.image_size) / trial_pace
+    return speed, f"timed here; {speed:.2f} of that trial's pace, measured in its worker"
 
 
 def importance(table: pd.DataFrame, objective: str, names: list[str]) -> pd.DataFrame:

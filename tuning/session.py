@@ -109,10 +109,13 @@ def consecutive_failures_error(opened: Session, message: str) -> SearchError:
     )
 
 
-def finish_session(opened: Session, job: ResumableDir, facts: dict[str, Any], started: float) -> tuple[pd.DataFrame, kt.engine.trial.Trial | None, int]:
-    """Write the results of a search that ended: trials.csv, summary.md, plots, and search.json (written last)."""
+def finish_session(
+    opened: Session, job: ResumableDir, facts: dict[str, Any], started: float, measure: results.EpochMeasure | None = None
+) -> tuple[pd.DataFrame, kt.engine.trial.Trial | None, int]:
+    """Write the results of a search that ended: trials.csv, best.yaml (its final run sized at the pace `measure`
+    times here, if given), summary.md, plots, and search.json (written last)."""
     tuner, config, search_dir = opened.tuner, opened.config, opened.search_dir
-    table = results.write_trials(tuner.oracle, opened.hypermodel, search_dir)
+    table = results.write_trials(tuner.oracle, opened.hypermodel, search_dir, measure)
     facts = {
         "tuner": config.tune.tuner,
         "trial_budget": config.tune.trial_budget,

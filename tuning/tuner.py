@@ -23,7 +23,7 @@ import keras_tuner as kt
 from app.atomic import write_json
 from app.config import Config
 from app.data import PreparedData
-from app.training.callbacks import TimeLimit
+from app.training.callbacks import EpochTimer, TimeLimit
 from app.training.fitting import seed_everything
 from tuning.compat import base_tuner
 from tuning.hypermodels import HYPERBAND_KEYS, ConfigHyperModel
@@ -41,19 +41,15 @@ def planned_epochs(config: Config) -> int:
     return config.train.epochs + config.finetune.epochs
 
 
-class _History(keras.callbacks.Callback):
+class _History(EpochTimer):
     """Every epoch's logs and wall time, kept for result.json and TensorBoard (the times size a final run)."""
 
     def __init__(self) -> None:
         super().__init__()
         self.rows: list[dict[str, float]] = []
-        self.seconds: list[float] = []
-
-    def on_epoch_begin(self, epoch: int, logs: dict | None = None) -> None:
-        self._started = time.perf_counter()
 
     def on_epoch_end(self, epoch: int, logs: dict | None = None) -> None:
-        self.seconds.append(round(time.perf_counter() - self._started, 3))
+        super().on_epoch_end(epoch, logs)
         self.rows.append({"epoch": epoch + 1, **{k: float(v) for k, v in (logs or {}).items()}})
 
 

@@ -130,6 +130,20 @@ class BestWeights(keras.callbacks.Callback):
             whole_model(self.model).set_weights(self._weights)
 
 
+class EpochTimer(keras.callbacks.Callback):
+    """Each epoch's wall time in seconds (training and validation), in `seconds`."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.seconds: list[float] = []
+
+    def on_epoch_begin(self, epoch: int, logs: dict | None = None) -> None:
+        self._started = time.perf_counter()
+
+    def on_epoch_end(self, epoch: int, logs: dict | None = None) -> None:
+        self.seconds.append(round(time.perf_counter() - self._started, 3))
+
+
 class TimeLimit(keras.callbacks.Callback):
     """Stop training at the end of the first epoch that ends after `ends_at` (a `time.time()` instant): a run's
     `train.max_minutes`, a search's `tune.max_minutes`. An epoch is never cut short; `stopped_epoch` (1-based) says
