@@ -315,7 +315,7 @@ class TuneConfig:
     first_rung_scale: float = 1.0  # asha: the lowest rung's image size, a share of data.image_size, growing evenly to 1 at the top
     trial_budget: str = "compute"  # compute: trials (asha: rungs) get train.epochs x (model.blocks' cost / theirs) epochs; epochs: as set
     final_epochs: int | None = None  # train.epochs of best.yaml (the final run, --then-train); null: train.epochs
-    final_minutes: float | None = None  # instead: as many epochs as fit in this many minutes at the best trial's pace, and its time limit
+    final_minutes: float | None = None  # instead: as many epochs as fit in this many minutes, at a pace timed when the search ends; its time limit
     final: dict[str, Any] | None = field(default_factory=dict)  # the final run's own settings, a partial config: {augment: {train: heavy}}
     worker_timeout: float = 120.0  # distributed search: a worker silent this many seconds is gone, and its trial runs elsewhere
     connect_timeout: float = 60.0  # distributed search: how long a worker waits for the chief to answer at start

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import importlib
 import json
 import os
 import signal
@@ -161,8 +162,8 @@ def test_final_minutes_weighs_what_the_final_runs_epochs_cost(trial_cost: float,
     ("here", "epochs", "said"),
     [
         (None, 17, "measured in that trial (52 s of 3 s epochs)"),
-        (lambda config: 1.5, 37, "timed here; 0.50 of that trial's pace"),  # twice as fast here: fixed costs and epochs halve
-        (lambda config: None, 17, "this config cannot be timed here"),  # the trial's pace, and best.yaml says why
+        (lambda config: 1.5, 37, "timed here before the final run: 0.50 of the pace that trial measured"),  # twice as fast here: fixed costs and epochs halve
+        (lambda config: None, 17, "a config of two stages or cached features is not timed here"),  # the trial's pace, and best.yaml says why
     ],
 )
 def test_best_yaml_is_sized_at_the_pace_measured_where_the_final_run_trains(tiny_config: Config, tmp_path: Path, here: Any, epochs: int, said: str) -> None:
@@ -286,20 +287,31 @@ def test_a_search_writes_every_result_and_its_best_yaml_trains(tiny_config: Conf
     assert (trained.run_dir / "model.keras").is_file() and trained.metrics["val"]["num_images"] == 6
 
 
-def test_best_yaml_trains_for_final_minutes_at_the_best_trials_pace(tiny_config: Config) -> None:
-    result = search(
-        tune_config(tiny_config, "tune.max_trials=1", "train.epochs=3", "tune.trial_budget=epochs", "tune.final_minutes=0.5"), progress=lambda line: None
-    )
+def test_best_yaml_trains_for_final_minutes_at_the_pace_timed_before_the_final_run(tiny_config: Config, monkeypatch: pytest.MonkeyPatch) -> None:
+    timed: list[Config] = []
+
+    def twice_the_trials_pace(config: Config, data: Any) -> float:  # the probe (tested on its own), stubbed to a known pace
+        timed.append(config)
+        trial = json.loads(next(config_dir.glob("*-tune-*/trial_*/result.json")).read_text())
+        return float(np.median(trial["epoch_seconds"][1:])) / 2
+
+    overrides = ["tune.max_trials=1", "train.epochs=3", "tune.trial_budget=epochs", "tune.final_minutes=0.5", "tune.final={augment: {train: light}}"]
+    config = tune_config(tiny_config, *overrides)
+    config_dir = Path(config.output.dir)
+    monkeypatch.setattr(importlib.import_module("tuning.search"), "measure_epoch_seconds", twice_the_trials_pace)  # the module, not tuning.search()
+    result = search(config, progress=lambda line: None)
     trial = json.loads(next(result.search_dir.glob("trial_*/result.json")).read_text())
     assert len(trial["epoch_seconds"]) == 3
-    pace = float(np.median(trial["epoch_seconds"][1:]))
-    fixed = trial["seconds"] - pace * 3
-    best_text = result.best_config.read_text()
+    pace = float(np.median(trial["epoch_seconds"][1:])) / 2  # here, twice as fast: epochs and fixed costs
+    fixed = trial["seconds"] / 2 - pace * 3
     assert load_config(result.best_config).train.epochs == max(1, int((30 - fixed) // pace))
-    assert "tune.final_minutes=0.5" in best_text.splitlines()[1]  # best.yaml says why it trains that long
+    header = result.best_config.read_text().splitlines()[1]  # best.yaml says why it trains that long
+    assert "tune.final_minutes=0.5" in header and "timed here before the final run: 0.50 of the pace that trial measured" in header
+    assert [c.augment.train for c in timed] == ["light"]  # the final run's config was timed, as it will train
 
 
-def test_best_yaml_with_progressive_resizing_fits_more_of_its_cheaper_epochs(tiny_config: Config) -> None:
+def test_best_yaml_with_progressive_resizing_fits_more_of_its_cheaper_epochs(tiny_config: Config, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(importlib.import_module("tuning.search"), "measure_epoch_seconds", lambda config, data: None)  # the trial's pace: cost alone
     overrides = ["tune.max_trials=1", "train.epochs=3", "tune.trial_budget=epochs", "tune.final_minutes=0.5"]
     result = search(tune_config(tiny_config, *overrides, "tune.final={train: {progressive_from: 16}}"), progress=lambda line: None)
     trial = json.loads(next(result.search_dir.glob("trial_*/result.json")).read_text())

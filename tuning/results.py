@@ -91,7 +91,7 @@ def _dotted(tree: dict[str, Any], prefix: str = "") -> list[tuple[str, Any]]:
 def _final_epochs(hypermodel: Any, best: Any, result_path: Path, measure: EpochMeasure | None = None) -> tuple[int | None, str]:
     """(train.epochs of best.yaml, a header line saying why) when tune.final_minutes sizes the final run: at the best
     trial's measured pace, weighed by what the final run's epochs cost against the trial's (`epoch_cost`: image
-    sizes, progressive resizing). With `measure`, the pace is the one measured here (the trial's ran elsewhere)."""
+    sizes, progressive resizing), and by `measure`'s pace here against the trial's, if given."""
     minutes = hypermodel.base.tune.final_minutes
     if minutes is None or not result_path.is_file():
         return None, ""
@@ -117,10 +117,10 @@ def _speed_here(hypermodel: Any, final: Any, times: list[float], trial_cost: flo
     this config; else an epoch timed here against the trial's (median, after its first), per unit of cost."""
     seconds = measure(final) if measure is not None else None
     if seconds is None:
-        return 1.0, "measured in that trial" + (", which ran elsewhere: this config cannot be timed here" if measure is not None else "")
+        return 1.0, "measured in that trial" + ("; a config of two stages or cached features is not timed here" if measure is not None else "")
     trial_pace = statistics.median(times[1:] or times) / trial_cost
     speed = seconds / hypermodel.cost_at(final, final.data.image_size) / trial_pace
-    return speed, f"timed here; {speed:.2f} of that trial's pace, measured in its worker"
+    return speed, f"timed here before the final run: {speed:.2f} of the pace that trial measured"
 
 
 def importance(table: pd.DataFrame, objective: str, names: list[str]) -> pd.DataFrame:

@@ -101,12 +101,10 @@ def search(config: Config, restart: bool = False, progress: Callable[[str], None
     else:
         data = data_for(config)
         counts, facts = (data.num_classes, data.multilabel, len(data.train)), {"train_images": len(data.train), "val_images": len(data.val)}
-    measure = None
     with open_search_dir(config, dump_config(config), restart) as job:
         if workers or oracle:
             opened = open_session(config, space, job, counts, chief_has_no_data, progress)
             facts.update(serve_search(opened, host, port, workers, accept_remote=oracle is not None, progress=progress))
-            measure = _measure_here(config, data_for, progress)
         else:
             opened = open_session(config, space, job, counts, data_for, progress)
             announce(opened, progress)
@@ -117,23 +115,26 @@ def search(config: Config, restart: bool = False, progress: Callable[[str], None
                 if last_error is None:
                     raise
                 raise consecutive_failures_error(opened, last_error) from None
-        table, best, rejected = finish_session(opened, job, facts, started, measure)
+        table, best, rejected = finish_session(opened, job, facts, started, _final_run_pace(config, data_for, progress))
     best_path = opened.search_dir / results.BEST_FILE
     return SearchResult(
         opened.search_dir, config.tune.objective, best.score if best else None, best_path if best else None, table, rejected, opened.resumed, prepared
     )
 
 
-def _measure_here(config: Config, data_for: Callable[[Config], PreparedData], progress: Callable[[str], None]) -> results.EpochMeasure | None:
-    """With tune.final_minutes, after a distributed search: what times the best config's epochs in this process,
-    where the final run trains on all its cores (a worker's trials ran on a share of them, or on another machine).
-    The images it decodes are the final run's (SearchResult.prepared)."""
+def _final_run_pace(config: Config, data_for: Callable[[Config], PreparedData], progress: Callable[[str], None]) -> results.EpochMeasure | None:
+    """With tune.final_minutes: what times the best config's epochs in this process, where the final run trains, as
+    it will train (tune.final's settings, full image size, all of this process's cores), just before best.yaml is
+    written. The best trial's own pace, measured minutes before with the trials' settings (after `--workers`, on a
+    worker's share of the cores), planned final runs well short or long of their minutes (benchmarks/README.md,
+    "Search"). The images it decodes (a distributed search's chief has none yet) are the final run's."""
     if config.tune.final_minutes is None:
         return None
 
     def measure(best: Config) -> float | None:
         seconds = measure_epoch_seconds(best, data_for(best))
-        progress(f"the final run's pace, timed here: {seconds:.1f} s per epoch" if seconds is not None else "the final run's pace cannot be timed here")
+        timed = f"timed here: {seconds:.1f} s per epoch" if seconds is not None else "its trial's (this config is not timed here)"
+        progress(f"the final run's pace: {timed}")
         return seconds
 
     return measure
