@@ -163,7 +163,7 @@ def test_final_minutes_weighs_what_the_final_runs_epochs_cost(trial_cost: float,
     [
         (None, 17, "measured in that trial (52 s of 3 s epochs)"),
         (lambda config: 1.5, 37, "timed here before the final run: 0.50 of the pace that trial measured"),  # twice as fast here: fixed costs and epochs halve
-        (lambda config: None, 17, "a config of two stages or cached features is not timed here"),  # the trial's pace, and best.yaml says why
+        (lambda config: None, 17, "not timed here (two stages, cached features or several devices)"),  # the trial's pace, and best.yaml says why
     ],
 )
 def test_best_yaml_is_sized_at_the_pace_measured_where_the_final_run_trains(tiny_config: Config, tmp_path: Path, here: Any, epochs: int, said: str) -> None:
@@ -181,7 +181,7 @@ def test_best_yaml_is_sized_at_the_pace_measured_where_the_final_run_trains(tiny
     assert planned == epochs and said.split(" (")[0] in header and header.startswith(f"# train.epochs {epochs}: about tune.final_minutes=1")
 
 
-def test_the_pace_probe_times_a_one_stage_network_and_declines_two_stages(tiny_config: Config) -> None:
+def test_the_pace_probe_times_a_one_device_network_of_one_stage_and_declines_others(tiny_config: Config) -> None:
     from app.data import prepare_data
     from app.training.pace import measure_epoch_seconds, probe_config
 
@@ -191,7 +191,8 @@ def test_the_pace_probe_times_a_one_stage_network_and_declines_two_stages(tiny_c
     probe = probe_config(load_config(overrides=["train.progressive_from=16", "train.schedule={name: cosine, warmup_epochs: 5}"], base=tiny_config))
     assert (probe.train.epochs, probe.train.progressive_from, probe.train.schedule.name, probe.data.image_size) == (2, None, "constant", 32)
     two_stages = load_config(overrides=["model.name=mobilenetv3small", "model.weights=null", "finetune.epochs=1"], base=tiny_config)
-    assert measure_epoch_seconds(two_stages, data) is None
+    several_devices = load_config(overrides=["train.distribute=mirrored"], base=tiny_config)
+    assert measure_epoch_seconds(two_stages, data) is None and measure_epoch_seconds(several_devices, data) is None
 
 
 def test_schedule_knobs_are_conditional_on_their_schedule(tiny_config: Config) -> None:

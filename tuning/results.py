@@ -117,7 +117,7 @@ def _speed_here(hypermodel: Any, final: Any, times: list[float], trial_cost: flo
     this config; else an epoch timed here against the trial's (median, after its first), per unit of cost."""
     seconds = measure(final) if measure is not None else None
     if seconds is None:
-        return 1.0, "measured in that trial" + ("; a config of two stages or cached features is not timed here" if measure is not None else "")
+        return 1.0, "measured in that trial" + ("; not timed here (two stages, cached features or several devices)" if measure is not None else "")
     trial_pace = statistics.median(times[1:] or times) / trial_cost
     speed = seconds / hypermodel.cost_at(final, final.data.image_size) / trial_pace
     return speed, f"timed here before the final run: {speed:.2f} of the pace that trial measured"
