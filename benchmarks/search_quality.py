@@ -47,13 +47,13 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
-import keras  # noqa: E402
 import numpy as np  # noqa: E402
 
 from app.config import Config, load_config  # noqa: E402
 from app.data import load_labeled  # noqa: E402
 from app.inference.evaluation import evaluate_images  # noqa: E402
 from app.runs import load_run  # noqa: E402
+from app.training.callbacks import EpochTimer  # noqa: E402
 from app.training.run import train  # noqa: E402
 from benchmarks.quality import SIZES, make_set  # noqa: E402
 from tuning import search, train_best  # noqa: E402
@@ -223,18 +223,6 @@ def print_table(report: dict[str, Any]) -> None:
             judged = row.get("networks_judged", "")
             rate = row.get("networks_per_search_minute", "")
             print(f"| {name} | {arm} | {row['holdout']['accuracy']:.4f} | {row['holdout']['log_loss']:.3f} | {row['seconds']:.0f} | {judged} | {rate} |")
-
-
-class EpochTimer(keras.callbacks.Callback):
-    def __init__(self) -> None:
-        super().__init__()
-        self.seconds: list[float] = []
-
-    def on_epoch_begin(self, epoch: int, logs: dict | None = None) -> None:
-        self._start = time.perf_counter()
-
-    def on_epoch_end(self, epoch: int, logs: dict | None = None) -> None:
-        self.seconds.append(time.perf_counter() - self._start)
 
 
 def _short(config: Config) -> dict[str, Any]:
