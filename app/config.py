@@ -307,6 +307,7 @@ class TuneConfig:
     objective: str = "val_accuracy"  # a Keras log (val_accuracy, val_loss) or a metrics.json field (macro_f1, log_loss, mean_column_auc)
     max_trials: int = 10  # trained networks (asha: networks started; their promotions do not count); invalid ones do not count
     max_minutes: float | None = None  # the search's wall-clock limit over all resumes: a trial running then stops at its epoch's end
+    reference_trial: bool = True  # the first trial is the config's own network and training (model.blocks, train.*), when tune.space holds them
     median_stop: bool = False  # random, bayesian, grid: stop a trial whose best score is below the median of finished trials at the same share of their epochs
     seed: int | None = None  # proposals; null: the top-level seed
     min_feature_size: int = 2  # smallest feature map (pixels) allowed before global pooling

@@ -4,6 +4,7 @@ fails, naming the symbol, when an upgrade of Keras or KerasTuner changes it."""
 from __future__ import annotations
 
 import inspect
+import json
 import tomllib
 from pathlib import Path
 
@@ -42,6 +43,35 @@ def test_kerastuner_retry_queue_and_save_trial(tmp_path: Path) -> None:
     trial = oracle.create_trial("tuner0")
     compat.save_trial(oracle, trial)
     assert (tmp_path / "p" / f"trial_{trial.trial_id}" / "trial.json").is_file()
+
+
+def test_kerastuner_records_are_written_atomically(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """trial.json and oracle.json go through the atomic save_json: a write that dies before its rename leaves the
+    previous record whole (KerasTuner's own left the file empty or cut short), and a finished one reloads."""
+    from keras_tuner.src.engine import stateful
+
+    for method in (compat.trial_module.Trial.save, stateful.Stateful.save):
+        assert "utils.save_json(" in inspect.getsource(method), f"{method.__qualname__} no longer writes through utils.save_json"
+    oracle = _oracle()
+    oracle._set_project_dir(str(tmp_path), "p")
+    trial = oracle.create_trial("tuner0")
+    record = tmp_path / "p" / f"trial_{trial.trial_id}" / "trial.json"
+    before = record.read_text()
+    trial.metrics.register("val_loss")
+    trial.metrics.update("val_loss", 0.5)
+
+    def killed(*args: object) -> None:
+        raise KeyboardInterrupt("killed before the rename")
+
+    monkeypatch.setattr("os.replace", killed)
+    with pytest.raises(KeyboardInterrupt):
+        compat.save_trial(oracle, trial)
+    monkeypatch.undo()
+    assert record.read_text() == before and sorted(p.name for p in record.parent.iterdir()) == ["trial.json"]
+    compat.save_trial(oracle, trial)
+    oracle.save()
+    reloaded = compat.trial_module.Trial.load(str(record))
+    assert reloaded.metrics.get_last_value("val_loss") == 0.5 and json.loads((tmp_path / "p" / "oracle.json").read_text())
 
 
 def test_kerastuner_client_init_sets_what_oracle_client_reads() -> None:

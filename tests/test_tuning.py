@@ -277,6 +277,7 @@ def test_a_search_writes_every_result_and_its_best_yaml_trains(tiny_config: Conf
     assert (trials["params"] > 0).all() and (trials["receptive_field"] >= 3).all()
     assert result.best_score == pytest.approx(trials["macro_f1"].max())  # the metrics.json field, maximised
     assert sum(line.startswith("[") and "trial" in line for line in lines) == 2  # one progress line per trial
+    assert "tune.space does not hold the config's own network: no reference trial" in lines  # repeats=1 fixed; 2 in model.blocks
 
     best = load_config(result.best_config)
     assert best.train.epochs == 3  # tune.final_epochs: trials ran 1 epoch, the final run trains 3
@@ -286,6 +287,56 @@ def test_a_search_writes_every_result_and_its_best_yaml_trains(tiny_config: Conf
     assert len(best.model.blocks) == best_row["blocks"] and best.model.blocks[0].filters == best_row["filters_1"]
     trained = train(load_config(overrides=[f"output.dir={tmp_path / 'best'}"], base=best))
     assert (trained.run_dir / "model.keras").is_file() and trained.metrics["val"]["num_images"] == 6
+
+
+# tune.space holding tiny_config's own network (two blocks of 8 and 16 filters, 3x3, stride 1, 2 convolutions each)
+HOLDS_THE_CONFIG = ["tune.space.repeats=[1, 2]", "tune.space.filters=[8, 16]", "tune.space.filters_growth=[1.5, 2.0]", "tune.space.augment=null"]
+
+
+def first_trials(config: Config, folder: Path, count: int) -> tuple[list[dict[str, Any]], SearchTuner]:
+    """The values of the first `count` trials the oracle of `config` proposes (nothing trained)."""
+    tuner = SearchTuner(make_oracle(config.tune, seed=0, max_epochs=2), hypermodel_for(config), folder, data_for=None)  # seed 0: 0, not none
+    return [tuner.oracle.create_trial(f"tuner{i}").hyperparameters.values for i in range(count)], tuner
+
+
+@pytest.mark.parametrize("name", ["random", "asha", "bayesian", "hyperband", "grid"])
+def test_the_first_trial_is_the_configs_own_network(tiny_config: Config, tmp_path: Path, name: str) -> None:
+    config = tune_config(tiny_config, *HOLDS_THE_CONFIG, f"tune.tuner={name}")
+    (first,), tuner = first_trials(config, tmp_path / "search", 1)
+    trial = tuner.hypermodel.config_for(tuner.hyperparameters_of(first))
+    assert trial.model.blocks == config.model.blocks and trial.augment == config.augment
+    assert (trial.train.optimizer, trial.train.learning_rate, trial.train.schedule) == (config.train.optimizer, config.train.learning_rate, config.train.schedule)
+
+
+def test_the_reference_trial_comes_once_before_the_same_random_draws(tiny_config: Config, tmp_path: Path) -> None:
+    config = tune_config(tiny_config, *HOLDS_THE_CONFIG)
+    with_it, tuner = first_trials(config, tmp_path / "on", 4)
+    without, _ = first_trials(load_config(overrides=["tune.reference_trial=false"], base=config), tmp_path / "off", 3)
+    assert with_it[0] == tuner.reference_values() and with_it[1:] == without  # the same random draws after it (KerasTuner reads seed 0 as none)
+    assert with_it[0] not in without
+    saved = tmp_path / "on" / "oracle.json"
+    assert json.loads(saved.read_text())["reference_offered"]
+    assert first_trials(config, tmp_path / "on", 1)[1].oracle.reference_offered  # a resumed search does not offer it again ...
+    saved.write_text(json.dumps({k: v for k, v in json.loads(saved.read_text()).items() if k != "reference_offered"}))
+    assert first_trials(config, tmp_path / "on", 1)[1].oracle.reference_offered  # ... nor does one saved before the key existed
+    not_held = hypermodel_for(tune_config(tiny_config))  # repeats=1 fixed, while model.blocks has 2 convolutions each
+    assert not_held.reference_values(tuner.oracle.get_space()) is None
+
+
+def test_seed_zero_is_a_seed(tiny_config: Config, tmp_path: Path) -> None:
+    """KerasTuner reads seed 0 as none and draws a seed of its own: a search seeded 0 must propose alike every time."""
+    config = tune_config(tiny_config, "tune.reference_trial=false")
+    assert first_trials(config, tmp_path / "a", 3)[0] == first_trials(config, tmp_path / "b", 3)[0]
+
+
+def test_a_search_starts_from_the_configs_own_network(tiny_config: Config) -> None:
+    lines: list[str] = []
+    config = tune_config(tiny_config, *HOLDS_THE_CONFIG, "tune.max_trials=2")
+    result = search(config, progress=lines.append)
+    first = result.trials.iloc[0]
+    assert (first["blocks"], first["filters_1"], first["repeats_1"], first["learning_rate"]) == (2, 8, 2, config.train.learning_rate)
+    assert "the first trial is the config's own network and training" in lines
+    assert "(the config's own values)" in next(line for line in lines if line.startswith("[1/2]"))
 
 
 def test_best_yaml_trains_for_final_minutes_at_the_pace_timed_before_the_final_run(tiny_config: Config, monkeypatch: pytest.MonkeyPatch) -> None:

@@ -8,11 +8,16 @@ an upgrade that changes one fails there, loudly. pyproject bounds KerasTuner to 
 
 from __future__ import annotations
 
+import json
+
 import keras_tuner as kt
 from keras_tuner.src import protos
+from keras_tuner.src import utils as kt_utils
 from keras_tuner.src.distribute import oracle_chief, oracle_client
 from keras_tuner.src.engine import base_tuner, conditions
 from keras_tuner.src.engine import trial as trial_module
+
+from app.atomic import write_text
 
 __all__ = ["base_tuner", "oracle_chief", "oracle_client", "protos", "trial_module"]
 
@@ -58,6 +63,20 @@ check_version()
 # KerasTuner 1.4.8 prints the first value of every condition it serialises for gRPC (a debugging print left in
 # `conditions.Parent.to_proto`): one line per conditional hyperparameter per request. Silenced for that module only.
 conditions.print = lambda *args, **kwargs: None
+
+
+def save_json_atomically(path: str, obj: object) -> str:
+    """KerasTuner's `utils.save_json`, written beside the file and renamed onto it: its own opens the file and writes
+    in place, so a search killed mid-write left a trial.json or oracle.json that is empty or cut short, and the same
+    command could not resume (and a reader could see half a record)."""
+    text = json.dumps(obj)
+    write_text(path, text)
+    return text
+
+
+# Every KerasTuner record (trial.json, oracle.json, tuner0.json) goes through `utils.save_json`, looked up on the
+# module at each call (Stateful.save, Trial.save): replaced here, once, for all of them.
+kt_utils.save_json = save_json_atomically
 
 
 def consecutive_failures(exc: BaseException) -> str | None:

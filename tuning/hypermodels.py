@@ -40,6 +40,12 @@ def _set(tree: dict[str, Any], path: str, value: Any) -> None:
     tree[last] = value
 
 
+def _get(tree: dict[str, Any], path: str) -> Any:
+    for section in path.split("."):
+        tree = tree[section]
+    return tree
+
+
 def _largest(entry: Entry) -> int:
     return int(max(entry.candidates()))
 
@@ -95,6 +101,17 @@ class ConfigHyperModel(kt.HyperModel):
         self._declare_schedule(hp, tree)
         return tree
 
+    def reference_values(self, space: kt.HyperParameters) -> dict[str, Any] | None:
+        """The config's own network and training as values of `space` (each hyperparameter's default is declared
+        from the config), or None when the space does not contain them: 5 blocks in model.blocks with
+        tune.space.blocks [3, 4], or a learning rate outside its range."""
+        hp = kt.HyperParameters()
+        for one in space.space:  # as KerasTuner draws values: the active ones only
+            hp.merge([one])
+            if hp.is_active(one):
+                hp.values[one.name] = one.default
+        return dict(hp.values) if self._declared_tree(hp) == to_dict(self.base) else None
+
     def epoch_span(self, hp: kt.HyperParameters) -> tuple[int, int]:
         """The epoch a trial starts from (an asha or hyperband promotion continues its parent's) and the epoch it
         trains up to, in the network's own epochs."""
@@ -133,7 +150,7 @@ class ConfigHyperModel(kt.HyperModel):
         entry = self.space[key]
         if entry is None:
             return None
-        value = entry.declare(hp, key)
+        value = entry.declare(hp, key, default=_get(tree, path))
         if value is not None:
             _set(tree, path, value)
         return value
@@ -147,7 +164,8 @@ class ConfigHyperModel(kt.HyperModel):
             scope = hp.conditional_scope("schedule", [name]) if entry is not None else _NoScope()
             with scope:
                 for knob, knob_entry in knobs.items():
-                    value = knob_entry.declare(hp, f"{name}_{knob}")
+                    own = self.base.train.schedule
+                    value = knob_entry.declare(hp, f"{name}_{knob}", default=getattr(own, knob, None) if own.name == name else None)
                     if value is not None and name == chosen:
                         tree["train"]["schedule"][knob] = value
 
@@ -326,16 +344,17 @@ class BaselineHyperModel(ConfigHyperModel):
     def declare_model(self, hp: kt.HyperParameters, tree: dict[str, Any]) -> None:
         base_blocks = tree["model"]["blocks"]
         count_entry = self.space["blocks"]
-        count = count_entry.declare(hp, "blocks") if count_entry else len(base_blocks)
+        count = count_entry.declare(hp, "blocks", default=len(base_blocks)) if count_entry else len(base_blocks)
         fewest = _smallest(count_entry) if count_entry else count
         most = _largest(count_entry) if count_entry else count
         growth_entry = self.space["filters_growth"]
-        growth = growth_entry.declare(hp, "filters_growth") if growth_entry is not None else None
+        own_growth = base_blocks[1]["filters"] / base_blocks[0]["filters"] if len(base_blocks) > 1 else None
+        growth = growth_entry.declare(hp, "filters_growth", default=own_growth) if growth_entry is not None else None
         per_block = ("kernel_size", "strides", "repeats", "pool") if growth is not None else ("filters", "kernel_size", "strides", "repeats", "pool")
         width = None
         if growth is not None:  # a pyramid: the first block's filters, then each block `growth` times the last
             entry = self.space["filters"]
-            width = entry.declare(hp, "filters_1") if entry is not None else base_blocks[0]["filters"]
+            width = entry.declare(hp, "filters_1", default=base_blocks[0]["filters"]) if entry is not None else base_blocks[0]["filters"]
         blocks = []
         for i in range(1, most + 1):
             # block i exists when blocks >= i: its hyperparameters are conditional on that
@@ -344,7 +363,7 @@ class BaselineHyperModel(ConfigHyperModel):
                 block = dict(base_blocks[min(i, len(base_blocks)) - 1])
                 for key in per_block:
                     entry = self.space[key]
-                    value = entry.declare(hp, f"{key}_{i}") if entry is not None else None
+                    value = entry.declare(hp, f"{key}_{i}", default=block[key]) if entry is not None else None
                     if value is not None:
                         block[key] = value
             if width is not None:

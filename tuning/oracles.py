@@ -7,6 +7,11 @@ tried so that it is not proposed again, and replaced: by another random draw or 
 Gaussian-process oracle goes further: it proposes the best network by its acquisition among those that pass the check
 (see `BayesianOracle`). `max_trials` therefore counts trained trials only.
 
+The first network drawn is the config's own (`reference`: model.blocks and train.* as values of the space, when
+`tune.reference_trial` is on and the space contains them), as Optuna's `enqueue_trial` would: the search then
+compares its proposals with the network the user would otherwise train. The grid starts there by itself (KerasTuner's
+defaults, which are the config's values).
+
 Under a time budget (tune.max_minutes) the oracle also stops proposing once it is spent (`seconds_left`), and does
 not start a trial whose estimated time (`estimate`: its epochs at the pace finished trials measured) exceeds what
 is left: it proposes a cheaper one instead, or stops (`skipped_for_time` counts them).
@@ -28,6 +33,7 @@ from app.training.callbacks import monitor_mode
 from tuning.compat import trial_module
 
 MAX_REJECTED_IN_A_ROW = 2000
+SEED_FOR_ZERO = 10_007
 MAX_UNAFFORDABLE_IN_A_ROW = 50  # proposals too long for the time left, drawn before the search stops
 
 
@@ -35,18 +41,28 @@ class ValidProposals:
     """Mixin for a KerasTuner Oracle: proposals pass `check` before they become trials."""
 
     check: Callable[[dict[str, Any]], str | None] = staticmethod(lambda values: None)
+    reference: Callable[[], dict[str, Any] | None] = staticmethod(lambda: None)
     seconds_left: Callable[[], float | None] = staticmethod(lambda: None)
     estimate: Callable[[dict[str, Any]], float | None] = staticmethod(lambda values: None)
 
     def _init_valid_proposals(self) -> None:
         self.rejected: list[dict[str, Any]] = []
         self.skipped_for_time = 0
+        self.reference_offered = False
 
     def _reject(self, values: dict[str, Any], reason: str) -> None:
         self.rejected.append({"values": {k: v for k, v in values.items() if not k.startswith("tuner/")}, "reason": reason})
         self._tried_so_far.add(self._compute_values_hash(values))
 
     def _random_values(self) -> dict[str, Any] | None:
+        if not self.reference_offered:  # the first draw of a search is the config's own values, once
+            self.reference_offered = True
+            values = self.reference()
+            if values is not None and not self._duplicate(values):
+                reason = self.check(self._as_trained(values))
+                if reason is None:
+                    return values
+                self._reject(values, reason)
         for _ in range(MAX_REJECTED_IN_A_ROW):
             values = super()._random_values()
             if values is None:
@@ -111,12 +127,13 @@ class ValidProposals:
         return response
 
     def get_state(self) -> dict[str, Any]:
-        return {**super().get_state(), "rejected": self.rejected, "skipped_for_time": self.skipped_for_time}
+        return {**super().get_state(), "rejected": self.rejected, "skipped_for_time": self.skipped_for_time, "reference_offered": self.reference_offered}
 
     def set_state(self, state: dict[str, Any]) -> None:
         super().set_state(state)
         self.rejected = list(state.get("rejected", []))
         self.skipped_for_time = int(state.get("skipped_for_time", 0))
+        self.reference_offered = bool(state.get("reference_offered", True))  # a search saved before the key: not now
 
 
 class RandomOracle(ValidProposals, kt.oracles.RandomSearchOracle):
@@ -316,7 +333,9 @@ class ASHAOracle(ValidProposals, kt.Oracle):
 def make_oracle(tune: TuneConfig, seed: int, max_epochs: int) -> kt.Oracle:
     """The oracle named by tune.tuner, minimising or maximising tune.objective as its name says."""
     objective = kt.Objective(tune.objective, direction=monitor_mode(tune.objective))
-    common = {"objective": objective, "seed": seed, "max_retries_per_trial": 1, "max_consecutive_failed_trials": 3}
+    # KerasTuner reads seed 0 as none (`seed or random.randint(1, 10000)`): a search seeded 0 drew other networks at
+    # each run. 0 is passed as a fixed value outside KerasTuner's random range instead.
+    common = {"objective": objective, "seed": seed or SEED_FOR_ZERO, "max_retries_per_trial": 1, "max_consecutive_failed_trials": 3}
     if tune.tuner == "random":
         return RandomOracle(max_trials=tune.max_trials, **common)
     if tune.tuner == "bayesian":

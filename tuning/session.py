@@ -37,7 +37,7 @@ def progress_line(tuner: SearchTuner, trial: kt.engine.trial.Trial, total: int, 
     seconds = json.loads(result_path.read_text()).get("seconds", 0.0) if result_path.is_file() else 0.0
     defaults = {hp.name: hp.default for hp in space.space}
     changed = {k: v for k, v in trial.hyperparameters.values.items() if k not in HYPERBAND_KEYS and trial.hyperparameters.is_active(k) and v != defaults.get(k)}
-    shown = " ".join(f"{k}={v:.3g}" if isinstance(v, float) else f"{k}={v}" for k, v in changed.items()) or "(defaults)"
+    shown = " ".join(f"{k}={v:.3g}" if isinstance(v, float) else f"{k}={v}" for k, v in changed.items()) or "(the config's own values)"
     values = trial.hyperparameters.values
     if "tuner/epochs" in values:
         source = f" of trial {values['tuner/trial_id']}" if values.get("tuner/trial_id") else ""
@@ -167,6 +167,9 @@ def announce(opened: Session, progress: Callable[[str], None], where: str = "") 
         f"search directory: {opened.search_dir} ({tune.tuner}, {tune.objective}, {done} of {tune.max_trials} trials done, "
         f"searching {', '.join(opened.names) or 'nothing'}){where}"
     )
+    if tune.reference_trial and done == 0:
+        held = opened.tuner.reference_values() is not None
+        progress("the first trial is the config's own network and training" if held else "tune.space does not hold the config's own network: no reference trial")
 
 
 def chief_has_no_data(config: Config) -> PreparedData:

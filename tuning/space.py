@@ -65,15 +65,29 @@ class Entry:
             return list(self.values)
         return [self.low, self.high]
 
-    def declare(self, hp: kt.HyperParameters, name: str) -> Any:
-        """The hyperparameter `name` on `hp` (KerasTuner returns its value for this trial)."""
+    def member(self, value: Any) -> Any:
+        """`value` as this entry holds it when the entry contains it (2 in a choice of 1.5 and 2.0 is 2.0), else None."""
+        if isinstance(value, bool) or value is None:
+            return None
+        if self.kind == "fixed":
+            return self.value if value == self.value else None
+        if self.kind == "choice":
+            return next((v for v in self.values if v == value), None)
+        if not isinstance(value, (int, float)) or not self.low <= value <= self.high:
+            return None
+        return int(value) if self.kind == "int" and value == int(value) else (float(value) if self.kind == "float" else None)
+
+    def declare(self, hp: kt.HyperParameters, name: str, default: Any = None) -> Any:
+        """The hyperparameter `name` on `hp` (KerasTuner returns its value for this trial). `default`: the config's own
+        value, KerasTuner's default when the entry contains it (the reference trial, the grid's first combination)."""
+        default = self.member(default)
         if self.kind == "fixed":
             return hp.Fixed(name, self.value)
         if self.kind == "choice":
-            return hp.Choice(name, list(self.values))
+            return hp.Choice(name, list(self.values), default=default)
         if self.kind == "int":
-            return hp.Int(name, int(self.low), int(self.high), step=int(self.step) if self.step else None, sampling=self.sampling)
-        return hp.Float(name, self.low, self.high, step=self.step, sampling=self.sampling)
+            return hp.Int(name, int(self.low), int(self.high), step=int(self.step) if self.step else None, sampling=self.sampling, default=default)
+        return hp.Float(name, self.low, self.high, step=self.step, sampling=self.sampling, default=default)
 
 
 def parse_entry(key: str, raw: Any, kind: type, check: Callable[[Any], str | None] | None = None) -> Entry | None:

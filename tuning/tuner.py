@@ -76,6 +76,8 @@ class SearchTuner(base_tuner.BaseTuner):
         oracle.check = self._check
         oracle.seconds_left = self.seconds_left
         oracle.estimate = self.estimated_seconds
+        if hypermodel.base.tune.reference_trial:
+            oracle.reference = self.reference_values
         self._results: dict[str, dict[str, Any]] = {}  # result.json of finished trials, read once
 
     # -- state -------------------------------------------------------------------------------------------
@@ -133,6 +135,10 @@ class SearchTuner(base_tuner.BaseTuner):
         hp.values = dict(values)
         hp.ensure_active_values()
         return hp
+
+    def reference_values(self) -> dict[str, Any] | None:
+        """The config's own network and training as a trial's values, or None when the space does not hold them."""
+        return self.hypermodel.reference_values(self.oracle.get_space())
 
     def _check(self, values: dict[str, Any]) -> str | None:
         return self.hypermodel.problem(self.hyperparameters_of(values))
