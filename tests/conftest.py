@@ -56,6 +56,13 @@ def seed_everything() -> None:
     keras.utils.set_random_seed(0)
 
 
+@pytest.fixture(autouse=True)
+def quick_pace_probe(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The pace probe of a search's final run times two epochs after the first (its fewest) instead of 6 seconds of
+    them: the tests' epochs are tiny (the probe's own test sets it). Searches run by the CLI in a subprocess keep it."""
+    monkeypatch.setattr("app.training.pace.PROBE_SECONDS", 0.0)
+
+
 @pytest.fixture
 def folder_dataset(tmp_path: Path) -> Path:
     """root/<class>/<image>.png, 8 images per class, sizes varying between 24 and 40 pixels."""

@@ -19,7 +19,7 @@ import pytest
 from app.config import Config, ConfigError, ConvBlock, load_config
 from app.models import create_model
 from app.models.geometry import baseline_geometry
-from app.training.run import train
+from app.training.run import run_callbacks, train
 from tests.conftest import rerun_cli_search, start_cli_search
 from tuning import parse_space, search
 from tuning.hypermodels import make_hypermodel
@@ -183,16 +183,35 @@ def test_best_yaml_is_sized_at_the_pace_measured_where_the_final_run_trains(tiny
 
 def test_the_pace_probe_times_a_one_device_network_of_one_stage_and_declines_others(tiny_config: Config) -> None:
     from app.data import prepare_data
-    from app.training.pace import measure_epoch_seconds, probe_config
+    from app.training.pace import PROBE_MAX_EPOCHS, measure_epoch_seconds, probe_config
 
     data = prepare_data(tiny_config)
     seconds = measure_epoch_seconds(tiny_config, data, batches=1)  # 6 training images: every batch either way
     assert seconds is not None and 0 < seconds < 60
     probe = probe_config(load_config(overrides=["train.progressive_from=16", "train.schedule={name: cosine, warmup_epochs: 5}"], base=tiny_config))
-    assert (probe.train.epochs, probe.train.progressive_from, probe.train.schedule.name, probe.data.image_size) == (2, None, "constant", 32)
+    assert (probe.train.epochs, probe.train.progressive_from, probe.train.schedule.name, probe.data.image_size) == (PROBE_MAX_EPOCHS, None, "constant", 32)
     two_stages = load_config(overrides=["model.name=mobilenetv3small", "model.weights=null", "finetune.epochs=1"], base=tiny_config)
     several_devices = load_config(overrides=["train.distribute=mirrored"], base=tiny_config)
     assert measure_epoch_seconds(two_stages, data) is None and measure_epoch_seconds(several_devices, data) is None
+
+
+def test_the_pace_probe_times_enough_seconds_and_the_runs_epoch_end_work_once_an_epoch(tiny_config: Config, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The probe fits epochs until the timed ones add up to PROBE_SECONDS (the pace swings from second to second), and
+    a run's epoch-end callbacks (backup, checkpoint), which cost the same whatever the batches, are not scaled up with
+    the rest of the epoch when the probe fits a share of them."""
+    from app.data import prepare_data
+    from app.training import pace
+
+    config = load_config(overrides=["data.batch_size=2"], base=tiny_config)  # 6 training images: 3 batches, the probe fits 1
+    data = prepare_data(config)
+    plain = pace.measure_epoch_seconds(config, data, batches=1)
+    ends: list[int] = []
+    slow = keras.callbacks.LambdaCallback(on_epoch_end=lambda epoch, logs: (ends.append(epoch), time.sleep(0.5)))
+    monkeypatch.setattr(pace, "run_callbacks", lambda *args: [*run_callbacks(*args), slow])
+    monkeypatch.setattr(pace, "PROBE_SECONDS", 2.0)
+    slower = pace.measure_epoch_seconds(config, data, batches=1)
+    assert 3 <= len(ends) <= 5  # the first, then 0.5 s or more each until 2 s: 4 at most (2 at least)
+    assert 0.3 < slower - plain < 1.0  # 0.5 s once an epoch; scaled by 3 it would add 1.5 s
 
 
 def test_schedule_knobs_are_conditional_on_their_schedule(tiny_config: Config) -> None:
@@ -305,7 +324,8 @@ def test_the_first_trial_is_the_configs_own_network(tiny_config: Config, tmp_pat
     (first,), tuner = first_trials(config, tmp_path / "search", 1)
     trial = tuner.hypermodel.config_for(tuner.hyperparameters_of(first))
     assert trial.model.blocks == config.model.blocks and trial.augment == config.augment
-    assert (trial.train.optimizer, trial.train.learning_rate, trial.train.schedule) == (config.train.optimizer, config.train.learning_rate, config.train.schedule)
+    assert trial.train.optimizer == config.train.optimizer and trial.train.learning_rate == config.train.learning_rate
+    assert trial.train.schedule == config.train.schedule
 
 
 def test_the_reference_trial_comes_once_before_the_same_random_draws(tiny_config: Config, tmp_path: Path) -> None:

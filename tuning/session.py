@@ -169,7 +169,8 @@ def announce(opened: Session, progress: Callable[[str], None], where: str = "") 
     )
     if tune.reference_trial and done == 0:
         held = opened.tuner.reference_values() is not None
-        progress("the first trial is the config's own network and training" if held else "tune.space does not hold the config's own network: no reference trial")
+        said = "the first trial is the config's own network and training" if held else "tune.space does not hold the config's own network: no reference trial"
+        progress(said)
 
 
 def chief_has_no_data(config: Config) -> PreparedData:

@@ -110,7 +110,7 @@ def _train(
                     data,
                     strategy=strategy,
                     callbacks=callbacks,
-                    stage_callbacks=lambda stage: _run_callbacks(run_dir, stage, checkpoint, config.output.tensorboard),
+                    stage_callbacks=lambda stage: run_callbacks(run_dir, stage, checkpoint, config.output.tensorboard),
                     restore_best=lambda: checkpoint.restore(model),
                     finished=lambda stage: _finished_stage(run_dir, stage),
                     time_limit=time_limit,
@@ -171,7 +171,7 @@ def _stop_reason(config: Config, stages: list[Stage], stage_epochs: dict[str, in
     return f"ran all {done} planned epochs; the best epoch by {config.train.monitor}, {best_epoch}, is kept"
 
 
-def _run_callbacks(run_dir: Path, stage: Stage, checkpoint: BestModelCheckpoint, tensorboard: bool) -> list[keras.callbacks.Callback]:
+def run_callbacks(run_dir: Path, stage: Stage, checkpoint: BestModelCheckpoint, tensorboard: bool) -> list[keras.callbacks.Callback]:
     """What a run adds to each stage: a marker when the stage ends, BackupAndRestore, the best checkpoint, history.csv,
     and the TensorBoard logs (losses, metrics and learning rate per epoch; `output.tensorboard`)."""
     backup = run_dir / runs.BACKUP_DIR
