@@ -186,7 +186,7 @@ def test_the_pace_probe_times_a_one_device_network_of_one_stage_and_declines_oth
     from app.training.pace import PROBE_MAX_EPOCHS, measure_epoch_seconds, probe_config
 
     data = prepare_data(tiny_config)
-    seconds = measure_epoch_seconds(tiny_config, data, batches=1)  # 6 training images: every batch either way
+    seconds = measure_epoch_seconds(tiny_config, data, batches=1)
     assert seconds is not None and 0 < seconds < 60
     probe = probe_config(load_config(overrides=["train.progressive_from=16", "train.schedule={name: cosine, warmup_epochs: 5}"], base=tiny_config))
     assert (probe.train.epochs, probe.train.progressive_from, probe.train.schedule.name, probe.data.image_size) == (PROBE_MAX_EPOCHS, None, "constant", 32)
@@ -195,23 +195,28 @@ def test_the_pace_probe_times_a_one_device_network_of_one_stage_and_declines_oth
     assert measure_epoch_seconds(two_stages, data) is None and measure_epoch_seconds(several_devices, data) is None
 
 
-def test_the_pace_probe_times_enough_seconds_and_the_runs_epoch_end_work_once_an_epoch(tiny_config: Config, monkeypatch: pytest.MonkeyPatch) -> None:
-    """The probe fits epochs until the timed ones add up to PROBE_SECONDS (the pace swings from second to second), and
-    a run's epoch-end callbacks (backup, checkpoint), which cost the same whatever the batches, are not scaled up with
-    the rest of the epoch when the probe fits a share of them."""
+def test_the_pace_probe_scales_up_batches_not_what_an_epoch_spends_once(tiny_config: Config, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The probe fits 2 batches of each epoch's 18, timing epochs until they add up to PROBE_SECONDS (the pace swings
+    from second to second). A second more per batch adds a second per batch of the whole epoch; a second more in the
+    run's epoch-end callbacks (backup, checkpoint), once an epoch whatever its batches, adds one second."""
     from app.data import prepare_data
     from app.training import pace
 
-    config = load_config(overrides=["data.batch_size=2"], base=tiny_config)  # 6 training images: 3 batches, the probe fits 1
+    config = load_config(overrides=["data.batch_size=1"], base=tiny_config)
     data = prepare_data(config)
-    plain = pace.measure_epoch_seconds(config, data, batches=1)
+    steps = data.steps_per_epoch(1)
+    assert (steps, len(data.val)) == (18, 6)
+    plain = pace.measure_epoch_seconds(config, data, batches=2)
     ends: list[int] = []
-    slow = keras.callbacks.LambdaCallback(on_epoch_end=lambda epoch, logs: (ends.append(epoch), time.sleep(0.5)))
-    monkeypatch.setattr(pace, "run_callbacks", lambda *args: [*run_callbacks(*args), slow])
+    slow_end = keras.callbacks.LambdaCallback(on_epoch_end=lambda epoch, logs: (ends.append(epoch), time.sleep(0.5)))
+    slow_batch = keras.callbacks.LambdaCallback(on_train_batch_end=lambda batch, logs: time.sleep(0.1))
     monkeypatch.setattr(pace, "PROBE_SECONDS", 2.0)
-    slower = pace.measure_epoch_seconds(config, data, batches=1)
+    monkeypatch.setattr(pace, "run_callbacks", lambda *args: [*run_callbacks(*args), slow_end])
+    with_slow_end = pace.measure_epoch_seconds(config, data, batches=2)
     assert 3 <= len(ends) <= 5  # the first, then 0.5 s or more each until 2 s: 4 at most (2 at least)
-    assert 0.3 < slower - plain < 1.0  # 0.5 s once an epoch; scaled by 3 it would add 1.5 s
+    assert 0.3 < with_slow_end - plain < 1.0  # once an epoch: scaled with the batches it would add 4.5 s
+    monkeypatch.setattr(pace, "run_callbacks", lambda *args: [*run_callbacks(*args), slow_batch])
+    assert 1.4 < pace.measure_epoch_seconds(config, data, batches=2) - plain < 2.6  # 18 batches of 0.1 s more
 
 
 def test_schedule_knobs_are_conditional_on_their_schedule(tiny_config: Config) -> None:

@@ -40,37 +40,75 @@ def probe_config(config: Config) -> Config:
 
 def measure_epoch_seconds(config: Config, data: PreparedData, batches: int = 16) -> float | None:
     """Seconds a full epoch (training and validation) of `config`'s network takes here at data.image_size, on one
-    device with the run's precision: epochs fitted on the same share of the training and validation batches (about
-    `batches` training batches), the first tracing the model, the next timed until they add up to PROBE_SECONDS (two
-    at least) and scaled up by that share, but for the run's own epoch-end callbacks, timed apart and counted once an
-    epoch (they do not scale with batches). None for a config that trains in two stages or on cached backbone
-    features, whose epochs differ too much for one measurement, or on several devices (train.distribute)."""
+    device with the run's precision and the run's own epoch-end callbacks (backup, checkpoint, history): epochs
+    fitted on about `batches` training batches and the same share of the validation batches, the first tracing the
+    model, the next timed until they add up to PROBE_SECONDS (two at least). Each timed epoch counts as it ran, plus
+    the batches it did not fit at the pace of its own batches after the first: what an epoch spends once (starting
+    its iterators, the first batch, the callbacks) is not scaled up with the batches. None for a config that trains
+    in two stages or on cached backbone features, whose epochs differ too much for one measurement, or on several
+    devices (train.distribute)."""
     if config.finetune.epochs > 0 or several_devices(config):
         return None
     probe = probe_config(config)
     steps = data.steps_per_epoch(probe.data.batch_size)
     val_steps = math.ceil(len(data.val) / probe.data.batch_size) if data.val is not None else 0
-    share = min(steps, batches) / steps
-    timer, saving = EpochTimer(), EpochEndWork()
+    fitted, val_fitted = min(steps, batches), math.ceil(min(steps, batches) / steps * val_steps)
+    timer, times = EpochTimer(), BatchTimes()
     with precision_policy(probe.train.mixed_precision):  # the model is built in it, as a run's is
         model = build_model(probe, data.num_classes, data.multilabel)
         if uses_cached_features(model, probe, "train"):
             return None
         with make_datasets(probe, data) as datasets, tempfile.TemporaryDirectory(prefix="imgclf-pace-") as scratch:
-            val = datasets.val.take(math.ceil(share * val_steps)) if datasets.val is not None else None
-            short = Datasets(datasets.train.take(min(steps, batches)), val, contextlib.ExitStack())
+            val = datasets.val.take(val_fitted) if datasets.val is not None else None
+            short = Datasets(datasets.train.take(fitted), val, contextlib.ExitStack())
             checkpoint = BestModelCheckpoint(Path(scratch) / "model.keras", monitor=probe.train.monitor)
+            callbacks = [timer, times, StopWhenTimed(timer, PROBE_SECONDS)]
+            stages = plan_stages(probe, steps)
             fit_stages(
                 model,
                 probe,
-                plan_stages(probe, steps),
+                stages,
                 short,
                 data,
-                callbacks=[timer, StopWhenTimed(timer, PROBE_SECONDS)],
-                stage_callbacks=lambda stage: saving.around(run_callbacks(Path(scratch), stage, checkpoint, probe.output.tensorboard)),
+                callbacks=callbacks,
+                stage_callbacks=lambda stage: run_callbacks(Path(scratch), stage, checkpoint, probe.output.tensorboard),
             )
-    work = statistics.mean(saving.seconds[1:])  # once an epoch, whatever the share
-    return statistics.mean(timer.seconds[1:]) / share - work / share + work
+    full = [
+        seconds + (steps - fitted) * steady(train) + (val_steps - val_fitted) * steady(test)
+        for seconds, train, test in zip(timer.seconds[1:], times.train[1:], times.test[1:], strict=True)
+    ]
+    return statistics.mean(full)
+
+
+def steady(seconds: list[float]) -> float:
+    """The pace of an epoch's batches after its first (which waits for the input pipeline to fill), 0 without."""
+    return statistics.mean(seconds[1:]) if len(seconds) > 1 else 0.0
+
+
+class BatchTimes(keras.callbacks.Callback):
+    """Each epoch's training and validation batch times, in seconds (`train`, `test`: one list per epoch)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.train: list[list[float]] = []
+        self.test: list[list[float]] = []
+        self._started = 0.0
+
+    def on_epoch_begin(self, epoch: int, logs: dict | None = None) -> None:
+        self.train.append([])
+        self.test.append([])
+
+    def on_train_batch_begin(self, batch: int, logs: dict | None = None) -> None:
+        self._started = time.perf_counter()
+
+    def on_train_batch_end(self, batch: int, logs: dict | None = None) -> None:
+        self.train[-1].append(time.perf_counter() - self._started)
+
+    def on_test_batch_begin(self, batch: int, logs: dict | None = None) -> None:
+        self._started = time.perf_counter()
+
+    def on_test_batch_end(self, batch: int, logs: dict | None = None) -> None:
+        self.test[-1].append(time.perf_counter() - self._started)
 
 
 class StopWhenTimed(keras.callbacks.Callback):
@@ -84,22 +122,6 @@ class StopWhenTimed(keras.callbacks.Callback):
         timed = self.timer.seconds[1:]
         if len(timed) >= 2 and sum(timed) >= self.seconds:
             self.model.stop_training = True
-
-
-class EpochEndWork:
-    """The seconds a run's own epoch-end callbacks take (BackupAndRestore's backup, the best checkpoint, history.csv,
-    TensorBoard): a fixed cost per epoch, which a probe on a share of the batches must not scale up with the rest,
-    and which in epochs under a second is a fifth or more of the epoch (benchmarks/README.md, "Search")."""
-
-    def __init__(self) -> None:
-        self.seconds: list[float] = []
-        self._started = 0.0
-
-    def around(self, callbacks: list[keras.callbacks.Callback]) -> list[keras.callbacks.Callback]:
-        """`callbacks`, between a first and a last callback that time their on_epoch_end."""
-        start = keras.callbacks.LambdaCallback(on_epoch_end=lambda epoch, logs: setattr(self, "_started", time.perf_counter()))
-        end = keras.callbacks.LambdaCallback(on_epoch_end=lambda epoch, logs: self.seconds.append(time.perf_counter() - self._started))
-        return [start, *callbacks, end]
 
 
 def several_devices(config: Config) -> bool:
