@@ -79,6 +79,12 @@ def test_multiworker_benchmark_quick_run(tmp_path: Path):
 
 
 @pytest.mark.slow
+def test_pace_probe_benchmark_quick_run(tmp_path: Path):
+    row = run_quick("pace_probe.py", tmp_path / "pace.json")["sets"]["digits"]
+    assert row["run_epoch_seconds"] > 0 and len(row["probes"]) == len(row["probe_over_run"]) == 1 and row["probes"][0] > 0
+
+
+@pytest.mark.slow
 def test_search_quality_benchmark_quick_run(tmp_path: Path):
     out = tmp_path / "quality.json"
     arms = run_quick("search_quality.py", out)["sets"]["digits"]  # digits come with scikit-learn: no shared data needed
