@@ -93,6 +93,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--output", default=str(REPO / "benchmarks" / "results" / "pace_probe.json"))
     args = parser.parse_args(argv)
     sets = ["digits"] if args.quick else args.sets.split(",")
+    unknown = [name for name in sets if name not in NETWORKS]
+    if unknown:
+        parser.error(f"--sets: unknown {', '.join(unknown)}; choose from {', '.join(NETWORKS)}")
     epochs, rounds, limit = (4, 1, 120) if args.quick else (args.epochs, args.rounds, None)
     with tempfile.TemporaryDirectory(prefix="imgclf-pace-probe-") as work:
         report = {"epochs": epochs, "rounds": rounds, "sets": {name: measure(name, Path(work), epochs, rounds, args.seed, limit) for name in sets}}

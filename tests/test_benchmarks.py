@@ -84,6 +84,11 @@ def test_pace_probe_benchmark_quick_run(tmp_path: Path):
     assert row["run_epoch_seconds"] > 0 and len(row["probes"]) == len(row["probe_over_run"]) == 1 and row["probes"][0] > 0
 
 
+def test_pace_probe_refuses_an_unknown_set_in_one_line():
+    done = subprocess.run([sys.executable, "benchmarks/pace_probe.py", "--sets", "flower"], cwd=REPO, capture_output=True, text=True, timeout=300, check=False)
+    assert done.returncode == 2 and "--sets: unknown flower; choose from flowers, hymenoptera, digits" in done.stderr.strip().splitlines()[-1]
+
+
 @pytest.mark.slow
 def test_search_quality_benchmark_quick_run(tmp_path: Path):
     out = tmp_path / "quality.json"
